@@ -1,0 +1,1 @@
+//! Reading deployment files: raw JSON with positions, then validation into `model`.

@@ -1,0 +1,1 @@
+//! The link layer over rtnetlink: bridge, veth pairs, addresses, routes, sysctls.
