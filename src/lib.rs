@@ -6,4 +6,6 @@ pub mod link;
 pub mod model;
 pub mod netfilter;
 pub mod netns;
+pub mod resolve;
 pub mod ruleset;
+pub mod state;

@@ -1,0 +1,649 @@
+//! Resolution: a validated deployment plus the reservations becomes concrete instances with
+//! addresses, host ports and link targets. Pure: the caller passes in the reservations and the
+//! ports local sockets listen on, and saves what comes out.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
+
+use crate::model::{Container, Deployment, Link, Proto, PublicPort};
+use crate::ruleset::Ipv4Net;
+use crate::state::{AddressHolder, PortHolder, Reservations};
+
+/// Host ports gearnat picks from when a public port has no `external` (geard's range).
+pub const HOST_PORTS: RangeInclusive<u16> = 4000..=59999;
+
+/// First virtual address a link target gets: loopback, or geard's NonLocal network.
+const LOOPBACK_TARGET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const NON_LOCAL_TARGET: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+
+/// A deployment with everything decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub deployment: String,
+    pub gateway: Ipv4Addr,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    /// The container this is an instance of.
+    pub container: String,
+    pub image: Option<String>,
+    pub address: Ipv4Addr,
+    pub mappings: Vec<Mapping>,
+    pub links: Vec<LinkTarget>,
+}
+
+/// One public port of one instance, on its host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub proto: Proto,
+    pub internal: u16,
+    pub host_port: u16,
+    /// The address linked instances dial to reach this port (geard's `Target`), if linked.
+    pub target: Option<SocketAddrV4>,
+}
+
+/// What a source instance dials for one linked port, and where it really goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkTarget {
+    pub proto: Proto,
+    /// The virtual address dialled inside the source (127.0.0.1:27017).
+    pub dial: SocketAddrV4,
+    /// The host port the target's public port is on (reached at the gateway address).
+    pub host_port: u16,
+    pub target_instance: String,
+    pub target_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "host port {proto}/{port} of {instance} is held by deployment {holder} ({holder_instance}); \
+         choose another external port or run `gearnat down` for {holder}"
+    )]
+    PortHeld {
+        proto: Proto,
+        port: u16,
+        instance: String,
+        holder: String,
+        holder_instance: String,
+    },
+    #[error("no free host port left in {}..{}", HOST_PORTS.start(), HOST_PORTS.end())]
+    PortsExhausted,
+    #[error(
+        "instance id {instance} is already used by deployment {holder}; change the IdPrefix or \
+         the container name"
+    )]
+    InstanceHeld { instance: String, holder: String },
+    #[error("no free address left in {pool}; choose a larger --subnet")]
+    AddressesExhausted { pool: Ipv4Net },
+    #[error("no virtual address left for the link from {source_container} to {target}")]
+    TargetsExhausted {
+        source_container: String,
+        target: String,
+    },
+}
+
+/// The inputs resolution needs from outside.
+pub struct Context<'a> {
+    pub reservations: &'a Reservations,
+    /// Ports local sockets listen on in the host namespace; never picked.
+    pub listening: &'a BTreeSet<(Proto, u16)>,
+    pub pool: Ipv4Net,
+}
+
+/// Resolves `d`; returns the instances and the reservations as they must be saved.
+pub fn resolve(d: &Deployment, cx: &Context) -> Result<(Resolved, Reservations), ResolveError> {
+    let mut reservations = cx.reservations.clone();
+    let addresses = assign_addresses(d, cx, &mut reservations)?;
+    let host_ports = assign_host_ports(d, cx, &mut reservations)?;
+    let targets = assign_targets(d)?;
+    let gateway = gateway(cx.pool);
+
+    let mut instances = Vec::new();
+    for c in &d.containers {
+        for n in 1..=c.count {
+            let id = d.instance_id(c, n);
+            let mappings = c
+                .public_ports
+                .iter()
+                .map(|p| Mapping {
+                    proto: p.proto,
+                    internal: p.internal,
+                    host_port: host_ports[&(id.clone(), p.proto, p.internal)],
+                    target: targets.get(&(id.clone(), p.proto, p.internal)).copied(),
+                })
+                .collect();
+            let links = link_targets(d, c, &host_ports, &targets);
+            instances.push(Instance {
+                address: addresses[&id],
+                id,
+                container: c.name.clone(),
+                image: c.image.clone(),
+                mappings,
+                links,
+            });
+        }
+    }
+    Ok((
+        Resolved {
+            deployment: d.name.clone(),
+            gateway,
+            instances,
+        },
+        reservations,
+    ))
+}
+
+/// The bridge's own address: the pool's first host address.
+pub fn gateway(pool: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pool.network()) + 1)
+}
+
+type PortKey = (String, Proto, u16);
+
+/// Addresses: an instance keeps the one it had; a new one gets the lowest free address.
+fn assign_addresses(
+    d: &Deployment,
+    cx: &Context,
+    reservations: &mut Reservations,
+) -> Result<BTreeMap<String, Ipv4Addr>, ResolveError> {
+    let wanted: Vec<String> = d.instance_ids();
+    let wanted_set: HashSet<&String> = wanted.iter().collect();
+    // Instances this deployment no longer has give their addresses back.
+    reservations
+        .addresses
+        .retain(|id, h| h.deployment != d.name || wanted_set.contains(id));
+    let mut used: HashSet<Ipv4Addr> = reservations.addresses.values().map(|h| h.address).collect();
+    let network = u32::from(cx.pool.network());
+    let size = 1u64 << (32 - u32::from(cx.pool.prefix));
+    // .0 is the network, .1 the gateway, the last the broadcast address.
+    let mut candidates = (2..size.saturating_sub(1)).map(|i| Ipv4Addr::from(network + i as u32));
+
+    let mut out = BTreeMap::new();
+    for id in wanted {
+        if let Some(h) = reservations.addresses.get(&id) {
+            if h.deployment != d.name {
+                return Err(ResolveError::InstanceHeld {
+                    instance: id,
+                    holder: h.deployment.clone(),
+                });
+            }
+            if cx.pool.contains(h.address) {
+                out.insert(id, h.address);
+                continue;
+            }
+        }
+        let address = candidates
+            .find(|a| !used.contains(a))
+            .ok_or(ResolveError::AddressesExhausted { pool: cx.pool })?;
+        used.insert(address);
+        let holder = AddressHolder {
+            deployment: d.name.clone(),
+            address,
+        };
+        reservations.addresses.insert(id.clone(), holder);
+        out.insert(id, address);
+    }
+    Ok(out)
+}
+
+/// Host ports, in geard's order of precedence: an explicit `external`, then a port a geard
+/// output file recorded, then the port the instance held before, then the lowest free one.
+fn assign_host_ports(
+    d: &Deployment,
+    cx: &Context,
+    reservations: &mut Reservations,
+) -> Result<BTreeMap<PortKey, u16>, ResolveError> {
+    let previous: BTreeMap<String, PortHolder> = reservations
+        .ports
+        .iter()
+        .filter(|(_, h)| h.deployment == d.name)
+        .map(|(k, h)| (k.clone(), h.clone()))
+        .collect();
+    reservations.release_ports(&d.name);
+
+    let mut fixed: Vec<(PortKey, u16)> = Vec::new();
+    let mut open: Vec<PortKey> = Vec::new();
+    for (ci, c) in d.containers.iter().enumerate() {
+        for n in 1..=c.count {
+            let id = d.instance_id(c, n);
+            for p in &c.public_ports {
+                let key = (id.clone(), p.proto, p.internal);
+                let pinned = d.pinned.iter().find(|pp| {
+                    pp.instance.container == ci
+                        && pp.instance.n == n
+                        && pp.internal == p.internal
+                        && pp.proto == p.proto
+                });
+                match p.external.or(pinned.map(|pp| pp.external)) {
+                    Some(port) => fixed.push((key, port)),
+                    None => open.push(key),
+                }
+            }
+        }
+    }
+
+    let mut out = BTreeMap::new();
+    let mut hold = |reservations: &mut Reservations, key: &PortKey, port: u16| {
+        let holder = PortHolder {
+            deployment: d.name.clone(),
+            instance: key.0.clone(),
+            internal: key.2,
+        };
+        reservations
+            .ports
+            .insert(Reservations::port_key(key.1, port), holder);
+        out.insert(key.clone(), port);
+    };
+    for (key, port) in &fixed {
+        if let Some(h) = reservations.port_holder(key.1, *port) {
+            return Err(ResolveError::PortHeld {
+                proto: key.1,
+                port: *port,
+                instance: key.0.clone(),
+                holder: h.deployment.clone(),
+                holder_instance: h.instance.clone(),
+            });
+        }
+        hold(reservations, key, *port);
+    }
+    // Keep what each open port held before, unless an explicit port took it meanwhile.
+    let mut still_open = Vec::new();
+    for key in open {
+        let kept = previous.iter().find_map(|(k, h)| {
+            let (proto, port) = parse_port_key(k)?;
+            (h.instance == key.0 && h.internal == key.2 && proto == key.1).then_some(port)
+        });
+        match kept.filter(|port| reservations.port_holder(key.1, *port).is_none()) {
+            Some(port) => hold(reservations, &key, port),
+            None => still_open.push(key),
+        }
+    }
+    for key in still_open {
+        let port = HOST_PORTS
+            .clone()
+            .find(|p| {
+                reservations.port_holder(key.1, *p).is_none()
+                    && !cx.listening.contains(&(key.1, *p))
+            })
+            .ok_or(ResolveError::PortsExhausted)?;
+        hold(reservations, &key, port);
+    }
+    Ok(out)
+}
+
+fn parse_port_key(key: &str) -> Option<(Proto, u16)> {
+    let (proto, port) = key.split_once('/')?;
+    let proto = Proto::ALL.into_iter().find(|p| p.as_str() == proto)?;
+    Some((proto, port.parse().ok()?))
+}
+
+impl Reservations {
+    fn release_ports(&mut self, deployment: &str) {
+        self.ports.retain(|_, h| h.deployment != deployment);
+    }
+}
+
+/// Link targets as geard gave them: every linked port of every target instance gets one virtual
+/// address that all sources dial. The first link to a port decides its style; a clash counts the
+/// port up (27017, 27018, ...), or with MatchPort the address (127.0.0.1, 127.0.0.2, ...).
+fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, ResolveError> {
+    let mut targets: BTreeMap<PortKey, SocketAddrV4> = BTreeMap::new();
+    let mut taken: HashSet<(Proto, SocketAddrV4)> = HashSet::new();
+    for source in &d.containers {
+        for link in &source.links {
+            let Some(target) = d.container(&link.to) else {
+                continue;
+            };
+            for n in 1..=target.count {
+                let id = d.instance_id(target, n);
+                for port in linked_ports(link, target) {
+                    let key = (id.clone(), port.proto, port.internal);
+                    if targets.contains_key(&key) {
+                        continue;
+                    }
+                    let addr = free_target(link, port, &taken).ok_or_else(|| {
+                        ResolveError::TargetsExhausted {
+                            source_container: source.name.clone(),
+                            target: target.name.clone(),
+                        }
+                    })?;
+                    taken.insert((port.proto, addr));
+                    targets.insert(key, addr);
+                }
+            }
+        }
+    }
+    Ok(targets)
+}
+
+fn free_target(
+    link: &Link,
+    port: &PublicPort,
+    taken: &HashSet<(Proto, SocketAddrV4)>,
+) -> Option<SocketAddrV4> {
+    let base_ip = if link.non_local {
+        NON_LOCAL_TARGET
+    } else {
+        LOOPBACK_TARGET
+    };
+    let base_port = link
+        .alias_ports
+        .iter()
+        .find(|(internal, _)| *internal == port.internal)
+        .map_or(port.internal, |(_, alias)| *alias);
+    (0u32..=65535)
+        .map_while(|step| {
+            if link.match_port {
+                let ip = u32::from(base_ip).checked_add(step)?;
+                // Stay inside the /8 (loopback) or /24 (NonLocal) network geard counted in.
+                let limit = if link.non_local { 254 } else { 0x00ff_fffe };
+                (ip & !u32::from(net_mask(link)) <= limit)
+                    .then(|| SocketAddrV4::new(Ipv4Addr::from(ip), base_port))
+            } else {
+                let p = u16::try_from(u32::from(base_port) + step).ok()?;
+                Some(SocketAddrV4::new(base_ip, p))
+            }
+        })
+        .find(|a| !taken.contains(&(port.proto, *a)))
+}
+
+fn net_mask(link: &Link) -> Ipv4Addr {
+    if link.non_local {
+        Ipv4Addr::new(255, 255, 255, 0)
+    } else {
+        Ipv4Addr::new(255, 0, 0, 0)
+    }
+}
+
+/// The target's public ports a link selects: those named in `ports`, else all.
+fn linked_ports<'a>(link: &'a Link, target: &'a Container) -> impl Iterator<Item = &'a PublicPort> {
+    target
+        .public_ports
+        .iter()
+        .filter(move |p| link.ports.is_empty() || link.ports.contains(&p.internal))
+}
+
+fn link_targets(
+    d: &Deployment,
+    source: &Container,
+    host_ports: &BTreeMap<PortKey, u16>,
+    targets: &BTreeMap<PortKey, SocketAddrV4>,
+) -> Vec<LinkTarget> {
+    let mut out = Vec::new();
+    for link in &source.links {
+        let Some(target) = d.container(&link.to) else {
+            continue;
+        };
+        for n in 1..=target.count {
+            let id = d.instance_id(target, n);
+            for port in linked_ports(link, target) {
+                let key = (id.clone(), port.proto, port.internal);
+                let (Some(dial), Some(host_port)) = (targets.get(&key), host_ports.get(&key))
+                else {
+                    continue;
+                };
+                if out
+                    .iter()
+                    .any(|l: &LinkTarget| l.proto == port.proto && l.dial == *dial)
+                {
+                    continue;
+                }
+                out.push(LinkTarget {
+                    proto: port.proto,
+                    dial: *dial,
+                    host_port: *host_port,
+                    target_instance: id.clone(),
+                    target_port: port.internal,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EnvVar, InstanceNumber, PinnedPort};
+
+    fn port(internal: u16, external: Option<u16>) -> PublicPort {
+        PublicPort {
+            internal,
+            external,
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn link(to: &str) -> Link {
+        Link {
+            to: to.into(),
+            ports: vec![],
+            alias_ports: vec![],
+            match_port: false,
+            non_local: false,
+        }
+    }
+
+    fn container(name: &str, count: u32, ports: Vec<PublicPort>, links: Vec<Link>) -> Container {
+        Container {
+            name: name.into(),
+            image: Some(format!("{name}:latest")),
+            count,
+            public_ports: ports,
+            links,
+            environment: Vec::<EnvVar>::new(),
+        }
+    }
+
+    /// The seed's deployment: rockmongo (80 on 6060) linked to mongodb (27017, host picks).
+    fn seed() -> Deployment {
+        Deployment {
+            name: "seed".into(),
+            id_prefix: String::new(),
+            containers: vec![
+                container(
+                    "rockmongo",
+                    1,
+                    vec![port(80, Some(6060))],
+                    vec![link("mongodb")],
+                ),
+                container("mongodb", 1, vec![port(27017, None)], vec![]),
+            ],
+            pinned: vec![],
+        }
+    }
+
+    fn pool() -> Ipv4Net {
+        "10.211.0.0/16".parse().unwrap()
+    }
+
+    fn run(d: &Deployment, r: &Reservations) -> Result<(Resolved, Reservations), ResolveError> {
+        let listening = BTreeSet::new();
+        resolve(
+            d,
+            &Context {
+                reservations: r,
+                listening: &listening,
+                pool: pool(),
+            },
+        )
+    }
+
+    #[test]
+    fn seed_resolves_as_geard_did() {
+        let (resolved, reservations) = run(&seed(), &Reservations::default()).unwrap();
+        assert_eq!(resolved.gateway, Ipv4Addr::new(10, 211, 0, 1));
+        let [rock, mongo] = &resolved.instances[..] else {
+            panic!("two instances")
+        };
+        assert_eq!(
+            (rock.id.as_str(), rock.address),
+            ("rockmongo-1", Ipv4Addr::new(10, 211, 0, 2))
+        );
+        assert_eq!(rock.mappings[0].host_port, 6060);
+        assert_eq!(mongo.mappings[0].host_port, 4000);
+        assert_eq!(
+            mongo.mappings[0].target,
+            Some("127.0.0.1:27017".parse().unwrap())
+        );
+        assert_eq!(
+            rock.links,
+            vec![LinkTarget {
+                proto: Proto::Tcp,
+                dial: "127.0.0.1:27017".parse().unwrap(),
+                host_port: 4000,
+                target_instance: "mongodb-1".into(),
+                target_port: 27017,
+            }]
+        );
+        assert_eq!(reservations.ports.len(), 2);
+        assert_eq!(reservations.addresses.len(), 2);
+    }
+
+    #[test]
+    fn ports_and_addresses_are_stable_across_runs() {
+        let (first, r1) = run(&seed(), &Reservations::default()).unwrap();
+        let (second, r2) = run(&seed(), &r1).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(r1, r2);
+    }
+
+    #[test]
+    fn host_ports_skip_reserved_and_listening_ports() {
+        let mut r = Reservations::default();
+        let other = PortHolder {
+            deployment: "other".into(),
+            instance: "x-1".into(),
+            internal: 1,
+        };
+        r.ports
+            .insert(Reservations::port_key(Proto::Tcp, 4000), other);
+        let listening = BTreeSet::from([(Proto::Tcp, 4001)]);
+        let cx = Context {
+            reservations: &r,
+            listening: &listening,
+            pool: pool(),
+        };
+        let (resolved, _) = resolve(&seed(), &cx).unwrap();
+        assert_eq!(resolved.instances[1].mappings[0].host_port, 4002);
+    }
+
+    #[test]
+    fn an_explicit_port_held_elsewhere_is_refused() {
+        let (_, r) = run(&seed(), &Reservations::default()).unwrap();
+        let mut other = seed();
+        other.name = "other".into();
+        other.id_prefix = "o".into();
+        let err = run(&other, &r).unwrap_err();
+        assert!(
+            matches!(err, ResolveError::PortHeld { port: 6060, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("held by deployment seed"));
+    }
+
+    #[test]
+    fn an_instance_id_held_elsewhere_is_refused() {
+        let (_, r) = run(&seed(), &Reservations::default()).unwrap();
+        let mut other = seed();
+        other.name = "other".into();
+        other.containers[0].public_ports[0].external = Some(7070);
+        let err = run(&other, &r).unwrap_err();
+        assert!(matches!(err, ResolveError::InstanceHeld { .. }), "{err}");
+    }
+
+    #[test]
+    fn lowering_the_count_releases_ports_and_addresses() {
+        let mut d = seed();
+        d.containers[1].count = 2;
+        let (_, r) = run(&d, &Reservations::default()).unwrap();
+        assert!(r.addresses.contains_key("mongodb-2"));
+        d.containers[1].count = 1;
+        let (resolved, r) = run(&d, &r).unwrap();
+        assert!(!r.addresses.contains_key("mongodb-2"));
+        assert_eq!(r.ports.len(), 2);
+        assert_eq!(resolved.instances.len(), 2);
+    }
+
+    #[test]
+    fn clashing_targets_count_the_port_up() {
+        let mut d = seed();
+        d.containers[1].count = 2;
+        let (resolved, _) = run(&d, &Reservations::default()).unwrap();
+        let dials: Vec<String> = resolved.instances[0]
+            .links
+            .iter()
+            .map(|l| l.dial.to_string())
+            .collect();
+        assert_eq!(dials, ["127.0.0.1:27017", "127.0.0.1:27018"]);
+        let hosts: Vec<u16> = resolved.instances[0]
+            .links
+            .iter()
+            .map(|l| l.host_port)
+            .collect();
+        assert_eq!(hosts, [4000, 4001]);
+    }
+
+    #[test]
+    fn match_port_counts_the_address_up_and_non_local_uses_192_168_1() {
+        let mut d = seed();
+        d.containers[1].count = 2;
+        d.containers[0].links[0].match_port = true;
+        let (resolved, _) = run(&d, &Reservations::default()).unwrap();
+        let dials: Vec<String> = resolved.instances[0]
+            .links
+            .iter()
+            .map(|l| l.dial.to_string())
+            .collect();
+        assert_eq!(dials, ["127.0.0.1:27017", "127.0.0.2:27017"]);
+
+        d.containers[0].links[0].non_local = true;
+        let (resolved, _) = run(&d, &Reservations::default()).unwrap();
+        let dials: Vec<String> = resolved.instances[0]
+            .links
+            .iter()
+            .map(|l| l.dial.to_string())
+            .collect();
+        assert_eq!(dials, ["192.168.1.1:27017", "192.168.1.2:27017"]);
+    }
+
+    #[test]
+    fn alias_ports_choose_the_dialled_port() {
+        let mut d = seed();
+        d.containers[0].links[0].alias_ports = vec![(27017, 1234)];
+        let (resolved, _) = run(&d, &Reservations::default()).unwrap();
+        assert_eq!(
+            resolved.instances[0].links[0].dial.to_string(),
+            "127.0.0.1:1234"
+        );
+    }
+
+    #[test]
+    fn pinned_ports_from_a_geard_output_file_are_kept() {
+        let mut d = seed();
+        d.pinned = vec![PinnedPort {
+            instance: InstanceNumber { container: 1, n: 1 },
+            internal: 27017,
+            proto: Proto::Tcp,
+            external: 4321,
+        }];
+        let (resolved, _) = run(&d, &Reservations::default()).unwrap();
+        assert_eq!(resolved.instances[1].mappings[0].host_port, 4321);
+    }
+
+    #[test]
+    fn an_explicit_port_takes_precedence_over_an_earlier_pick() {
+        let (_, r) = run(&seed(), &Reservations::default()).unwrap();
+        // rockmongo now wants 4000, which mongodb-1 was given before: mongodb-1 moves.
+        let mut d = seed();
+        d.containers[0].public_ports[0].external = Some(4000);
+        let (resolved, _) = run(&d, &r).unwrap();
+        assert_eq!(resolved.instances[0].mappings[0].host_port, 4000);
+        assert_eq!(resolved.instances[1].mappings[0].host_port, 4001);
+    }
+}

@@ -1,0 +1,340 @@
+//! The state directory: what the kernel cannot hold.
+//!
+//! Host-port and address reservations (so they survive re-applies, restarts and reboots), one
+//! record per applied deployment, and the lock that serializes gearnat runs. Every file is
+//! written atomically (temporary file, fsync, rename), so a crash leaves the old or the new
+//! version, never a torn one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Proto;
+
+/// Where gearnat keeps its state unless `--state-dir` says otherwise.
+pub const DEFAULT_DIR: &str = "/var/lib/gearnat";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("creating state directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("locking {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is corrupt ({source}); move it away to start afresh, or restore it")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// A host port held by one instance's public port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortHolder {
+    pub deployment: String,
+    pub instance: String,
+    pub internal: u16,
+}
+
+/// An instance's address in the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressHolder {
+    pub deployment: String,
+    pub address: Ipv4Addr,
+}
+
+/// Every reservation of every deployment (`reservations.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservations {
+    /// Key: `tcp/6060`.
+    #[serde(default)]
+    pub ports: BTreeMap<String, PortHolder>,
+    /// Key: instance id (unique on the host: it names the instance's network namespace).
+    #[serde(default)]
+    pub addresses: BTreeMap<String, AddressHolder>,
+}
+
+impl Reservations {
+    pub fn port_key(proto: Proto, port: u16) -> String {
+        format!("{proto}/{port}")
+    }
+
+    pub fn port_holder(&self, proto: Proto, port: u16) -> Option<&PortHolder> {
+        self.ports.get(&Self::port_key(proto, port))
+    }
+
+    /// Drops every reservation of `deployment`.
+    pub fn release(&mut self, deployment: &str) {
+        self.ports.retain(|_, h| h.deployment != deployment);
+        self.addresses.retain(|_, h| h.deployment != deployment);
+    }
+}
+
+/// What gearnat records about one applied deployment (`deployments/<name>.state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub name: String,
+    /// The file it was applied from, for `status` and re-applies at boot.
+    pub source: Option<PathBuf>,
+    pub runtime: String,
+    /// Instance ids whose namespace may hold gearnat's wiring or table. Written before the
+    /// kernel is changed (old and new instances together), so that a run that dies half way
+    /// still leaves the next run a list of everything to clean up.
+    pub instances: Vec<String>,
+    /// Network namespaces gearnat created (and so removes on `down`).
+    pub created_netns: Vec<String>,
+}
+
+/// The state directory, locked for the lifetime of this value.
+pub struct StateDir {
+    path: PathBuf,
+    _lock: Option<Flock<File>>,
+}
+
+impl StateDir {
+    /// Opens the state directory for reading only: no lock, nothing created.
+    pub fn read_only(path: &Path) -> StateDir {
+        StateDir {
+            path: path.to_path_buf(),
+            _lock: None,
+        }
+    }
+
+    /// Creates (mode 0700) and locks the state directory. When another gearnat holds the lock,
+    /// `on_wait` is called once before blocking until it is released.
+    pub fn lock(path: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateDir, StateError> {
+        let create = |p: &Path| {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .map_err(|source| StateError::CreateDir {
+                    path: p.to_path_buf(),
+                    source,
+                })
+        };
+        create(path)?;
+        create(&path.join("deployments"))?;
+        let lock_path = path.join("lock");
+        let lock_err = |source: io::Error| StateError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                on_wait(&lock_path);
+                Flock::lock(file, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| lock_err(io::Error::from(e)))?
+            }
+            Err((_, e)) => return Err(lock_err(io::Error::from(e))),
+        };
+        Ok(StateDir {
+            path: path.to_path_buf(),
+            _lock: Some(lock),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reservations_path(&self) -> PathBuf {
+        self.path.join("reservations.json")
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.path
+            .join("deployments")
+            .join(format!("{name}.state.json"))
+    }
+
+    /// The resolved deployment in geard's output form (Containers and Instances).
+    pub fn resolved_path(&self, name: &str) -> PathBuf {
+        self.path.join("deployments").join(format!("{name}.json"))
+    }
+
+    pub fn reservations(&self) -> Result<Reservations, StateError> {
+        Ok(read_json(&self.reservations_path())?.unwrap_or_default())
+    }
+
+    pub fn save_reservations(&self, r: &Reservations) -> Result<(), StateError> {
+        write_json(&self.reservations_path(), r)
+    }
+
+    pub fn record(&self, name: &str) -> Result<Option<DeploymentRecord>, StateError> {
+        read_json(&self.record_path(name))
+    }
+
+    pub fn save_record(&self, record: &DeploymentRecord) -> Result<(), StateError> {
+        write_json(&self.record_path(&record.name), record)
+    }
+
+    pub fn save_resolved(&self, name: &str, value: &serde_json::Value) -> Result<(), StateError> {
+        write_json(&self.resolved_path(name), value)
+    }
+
+    /// Forgets a deployment: its record and its resolved file.
+    pub fn remove_deployment(&self, name: &str) -> Result<(), StateError> {
+        for path in [self.record_path(name), self.resolved_path(name)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Write { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of every deployment with a record, sorted.
+    pub fn deployments(&self) -> Result<Vec<String>, StateError> {
+        let dir = self.path.join("deployments");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateError::Read { path: dir, source }),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".state.json").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes `value` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
+/// the directory (rename(2) is atomic within a file system; the directory fsync makes the
+/// rename itself durable).
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let err = |source: io::Error| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = serde_json::to_vec_pretty(value).map_err(|e| err(io::Error::other(e)))?;
+    text.push(b'\n');
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(&text).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_round_trip_and_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::lock(dir.path(), |_| panic!("nobody else holds the lock")).unwrap();
+        assert_eq!(state.reservations().unwrap(), Reservations::default());
+        let mut r = Reservations::default();
+        let holder = |d: &str| PortHolder {
+            deployment: d.into(),
+            instance: "a-1".into(),
+            internal: 80,
+        };
+        r.ports
+            .insert(Reservations::port_key(Proto::Tcp, 4000), holder("one"));
+        r.ports
+            .insert(Reservations::port_key(Proto::Udp, 4000), holder("two"));
+        state.save_reservations(&r).unwrap();
+        let back = state.reservations().unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            back.port_holder(Proto::Udp, 4000).unwrap().deployment,
+            "two"
+        );
+        let mut released = back.clone();
+        released.release("one");
+        assert!(released.port_holder(Proto::Tcp, 4000).is_none());
+        assert!(released.port_holder(Proto::Udp, 4000).is_some());
+    }
+
+    #[test]
+    fn state_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let _state = StateDir::lock(&path, |_| {}).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_second_lock_waits_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDir::lock(dir.path(), |_| {}).unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _second = StateDir::lock(&path, |_| tx.send(()).unwrap()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("second run reports waiting");
+        drop(first);
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::lock(dir.path(), |_| {}).unwrap();
+        fs::write(dir.path().join("reservations.json"), "{oops").unwrap();
+        let err = state.reservations().unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("reservations.json")).unwrap(),
+            "{oops"
+        );
+    }
+}
