@@ -6,6 +6,7 @@ pub mod link;
 pub mod model;
 pub mod netfilter;
 pub mod netns;
+pub mod plan;
 pub mod resolve;
 pub mod ruleset;
 pub mod state;
