@@ -1,0 +1,161 @@
+//! What gearnat prints: plans as lines a person reads, or JSON for scripts, and the resolved
+//! mappings the way geard's deploy log showed them.
+
+use std::fmt::Write;
+
+use serde_json::{json, Value};
+
+use crate::plan::{NsPlan, Plan, Wiring};
+use crate::resolve::Resolved;
+use crate::ruleset::Element;
+
+/// One line per change: `+` added, `-` removed, `~` changed.
+pub fn plan_lines(plan: &Plan, bridge: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if plan.create_bridge {
+        out.push(format!("+ bridge {bridge}"));
+    }
+    for (id, w) in &plan.wiring {
+        match w {
+            Wiring::Join { create_netns, address } => {
+                let what = if *create_netns { "netns (new)" } else { "netns" };
+                out.push(format!("+ {what} {id} {address} on {bridge}"));
+            }
+            Wiring::Remove { delete_netns } => {
+                let what = if *delete_netns { "netns" } else { "wiring of netns" };
+                out.push(format!("- {what} {id}"));
+            }
+        }
+    }
+    ns_lines(&mut out, "host", &plan.host);
+    for (id, ns) in &plan.instances {
+        ns_lines(&mut out, id, ns);
+    }
+    out
+}
+
+fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
+    if p.table.delete_table {
+        out.push(format!("- {ns} table ip gearnat"));
+    }
+    if p.table.create.is_some() {
+        out.push(format!("+ {ns} table ip gearnat"));
+    }
+    out.extend(p.table.remove.iter().map(|e| format!("- {ns} {}", element_text(e))));
+    out.extend(p.table.add.iter().map(|e| format!("+ {ns} {}", element_text(e))));
+    for s in &p.sysctls {
+        let from = s.from.as_deref().map_or("unset", str::trim);
+        out.push(format!("~ {ns} sysctl {} {from} -> {}", s.key, s.to));
+    }
+}
+
+/// `tcp 6060 -> rockmongo-1 10.211.0.2:80` or `tcp 127.0.0.1:27017 -> 10.211.0.1:4000`.
+pub fn element_text(e: &Element) -> String {
+    match e {
+        Element::Port { proto, host_port, target, owner } => {
+            format!("{proto} {host_port} -> {} {target}", owner.instance)
+        }
+        Element::Link { proto, dial, via, .. } => format!("{proto} {dial} -> {via}"),
+    }
+}
+
+pub fn plan_json(plan: &Plan) -> Value {
+    let ns = |p: &NsPlan| {
+        json!({
+            "delete_table": p.table.delete_table,
+            "create_table": p.table.create.is_some(),
+            "remove": p.table.remove.iter().map(element_json).collect::<Vec<_>>(),
+            "add": p.table.add.iter().map(element_json).collect::<Vec<_>>(),
+            "sysctls": p.sysctls,
+        })
+    };
+    json!({
+        "deployment": plan.deployment,
+        "in_sync": plan.is_empty(),
+        "create_bridge": plan.create_bridge,
+        "wiring": plan.wiring,
+        "host": ns(&plan.host),
+        "instances": plan.instances.iter().map(|(id, p)| (id.clone(), ns(p))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+pub fn element_json(e: &Element) -> Value {
+    match e {
+        Element::Port { proto, host_port, target, owner } => json!({
+            "kind": "port", "proto": proto, "host_port": host_port,
+            "target": target.to_string(), "deployment": owner.deployment, "instance": owner.instance,
+        }),
+        Element::Link { proto, dial, via, owner } => json!({
+            "kind": "link", "proto": proto, "dial": dial.to_string(), "via": via.to_string(),
+            "deployment": owner.deployment, "instance": owner.instance,
+        }),
+    }
+}
+
+/// The resolved mappings as geard's deploy log printed them.
+pub fn mapping_lines(resolved: &Resolved) -> String {
+    let mut out = String::new();
+    for inst in &resolved.instances {
+        for m in &inst.mappings {
+            let proto = if m.proto == crate::model::Proto::Tcp { String::new() } else { format!("/{}", m.proto) };
+            let _ = writeln!(out, "{}: PortMapping: {}{proto} -> {}", inst.id, m.internal, m.host_port);
+        }
+    }
+    for inst in &resolved.instances {
+        for l in &inst.links {
+            let _ = writeln!(
+                out,
+                "linking {}: {} -> {}:{} ({} {}:{})",
+                inst.id, l.dial, resolved.gateway, l.host_port, l.target_instance, l.proto, l.target_port
+            );
+        }
+    }
+    out
+}
+
+/// Each instance's mappings drawn as a path, like the figure in geard's seed post:
+/// `Client -> 6060 -> 80 rockmongo-1 27017 -> 4000 -> 27017 mongodb-1`. A hop whose element the
+/// kernel does not hold is marked `(missing)`.
+pub fn paths(resolved: &Resolved, installed: &std::collections::BTreeSet<Element>) -> Vec<String> {
+    let held = |id: &str, proto, host_port| {
+        installed.iter().any(|e| {
+            matches!(e, Element::Port { proto: p, host_port: h, owner, .. }
+                if *p == proto && *h == host_port && owner.instance == id
+                    && owner.deployment == resolved.deployment)
+        })
+    };
+    let mark = |ok: bool| if ok { "" } else { " (missing)" };
+    let mut out = Vec::new();
+    for inst in &resolved.instances {
+        let links: String = inst
+            .links
+            .iter()
+            .map(|l| {
+                let ok = held(&l.target_instance, l.proto, l.host_port);
+                format!(
+                    " {} -> {} -> {} {}{}",
+                    l.dial.port(),
+                    l.host_port,
+                    l.target_port,
+                    l.target_instance,
+                    mark(ok)
+                )
+            })
+            .collect();
+        for m in &inst.mappings {
+            let ok = held(&inst.id, m.proto, m.host_port);
+            let proto = if m.proto == crate::model::Proto::Tcp { String::new() } else { format!("{} ", m.proto) };
+            out.push(format!(
+                "Client -> {proto}{} -> {} {}{}{links}",
+                m.host_port,
+                m.internal,
+                inst.id,
+                mark(ok)
+            ));
+        }
+        if inst.mappings.is_empty() && !links.is_empty() {
+            out.push(format!("{}{links}", inst.id));
+        }
+    }
+    out
+}

@@ -1,0 +1,1 @@
+//! Running instances: network namespaces (and later containers) joined to gearnat's bridge.
