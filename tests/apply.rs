@@ -1,0 +1,360 @@
+//! End to end: gearnat applies deployments inside a private "host" namespace, and real TCP
+//! connections prove the mappings and links; the reconciler's changes are checked in the
+//! kernel. Each test makes its own namespaces (named after its tag) and removes them on drop.
+
+mod common;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::{nft_list, require_root, serve_tcp, tcp_request, TestHost};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The seed's deployment, with the test's tag as IdPrefix so instance namespaces are its own.
+fn seed(tag: &str) -> String {
+    format!(
+        r#"{{
+  "IdPrefix": "{tag}",
+  "containers":[
+    {{
+      "name":"rockmongo",
+      "count":1,
+      "image":"derekwaynecarr/rockmongo",
+      "publicports":[{{"internal":80,"external":6060}}],
+      "links":[{{"to":"mongodb"}}]
+    }},
+    {{
+      "name":"mongodb",
+      "count":1,
+      "image":"ccoleman/ubuntu-mongodb",
+      "publicports":[{{"internal":27017}}]
+    }}
+  ]
+}}"#
+    )
+}
+
+fn write(host: &TestHost, name: &str, text: &str) -> PathBuf {
+    let path = host.state_dir().parent().unwrap().join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(host: &TestHost, args: &[&str]) -> Output {
+    let out = host.gearnat(args);
+    eprintln!(
+        "$ gearnat {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn apply_ok(host: &TestHost, file: &PathBuf) -> String {
+    let out = run(host, &["apply", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "apply failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Waits until `ns` can reach `to` and returns the reply, or fails after a bounded number of
+/// tries (a fresh veth may take a moment to pass traffic).
+fn reach(ns: &str, to: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match tcp_request(ns, addr(to), TIMEOUT) {
+            Ok(reply) => return reply,
+            Err(e) => last = e.to_string(),
+        }
+        sleep(Duration::from_millis(100));
+    }
+    panic!("{ns} cannot reach {to}: {last}");
+}
+
+fn unreachable(ns: &str, to: &str) {
+    let r = tcp_request(ns, addr(to), Duration::from_secs(1));
+    assert!(r.is_err(), "{ns} still reaches {to}: {r:?}");
+}
+
+fn set_bridge_nf(ns: &str, on: bool) -> bool {
+    let value = if on { "1" } else { "0" };
+    Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .arg(format!("net.bridge.bridge-nf-call-iptables={value}"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn seed_public_port_and_link_carry_real_tcp() {
+    if !require_root() {
+        return;
+    }
+    let tag = "ga01";
+    let host = TestHost::new(tag);
+    let file = write(&host, "seed.json", &seed(tag));
+    let out = apply_ok(&host, &file);
+    assert!(out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")), "{out}");
+    assert!(out.contains(&format!("{tag}mongodb-1: PortMapping: 27017 -> 4000")), "{out}");
+    assert!(out.contains("127.0.0.1:27017 -> 10.211.0.1:4000"), "{out}");
+
+    let rock = format!("{tag}rockmongo-1");
+    let mongo = format!("{tag}mongodb-1");
+    let _web = serve_tcp(&rock, addr("0.0.0.0:80"), "rockmongo");
+    let _db = serve_tcp(&mongo, addr("0.0.0.0:27017"), "mongodb");
+
+    // 1. From outside, and from the host itself on its own address and on loopback.
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:6060"), "rockmongo");
+    assert_eq!(reach(host.host_ns(), "192.0.2.1:6060"), "rockmongo");
+    assert_eq!(reach(host.host_ns(), "127.0.0.1:6060"), "rockmongo");
+
+    // 2. The link, and hairpin to a public port through the host's address, with bridged
+    //    traffic passing netfilter and not.
+    for bridge_nf in [false, true] {
+        if !set_bridge_nf(host.host_ns(), bridge_nf) {
+            eprintln!("br_netfilter sysctl not available; testing with the kernel's default only");
+        }
+        assert_eq!(reach(&rock, "127.0.0.1:27017"), "mongodb", "bridge-nf {bridge_nf}");
+        assert_eq!(reach(&mongo, "192.0.2.1:6060"), "rockmongo", "bridge-nf {bridge_nf}");
+        assert_eq!(reach(&mongo, "10.211.0.1:6060"), "rockmongo", "bridge-nf {bridge_nf}");
+    }
+
+    // Packets for 127/8 from outside are dropped (CVE-2020-8558), in host and instance alike.
+    let _local = serve_tcp(host.host_ns(), addr("127.0.0.1:7777"), "local-only");
+    assert_eq!(reach(host.host_ns(), "127.0.0.1:7777"), "local-only");
+    let guard = nft_list(host.host_ns());
+    assert!(guard.contains("ip daddr 127.0.0.0/8 drop"), "{guard}");
+
+    // down removes everything gearnat made.
+    let out = run(&host, &["down", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!nft_list(host.host_ns()).contains("gearnat"));
+    assert!(!PathBuf::from("/run/netns").join(&rock).exists());
+    unreachable(host.client_ns(), "192.0.2.1:6060");
+}
+
+/// Runs `nft monitor` in `ns` until dropped; what it printed tells whether anything changed.
+struct Monitor(Child);
+
+impl Monitor {
+    fn start(ns: &str) -> Monitor {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sleep(Duration::from_millis(300));
+        Monitor(child)
+    }
+
+    fn events(mut self) -> String {
+        sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[test]
+fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
+    if !require_root() {
+        return;
+    }
+    let tag = "ga02";
+    let host = TestHost::new(tag);
+    let file = write(&host, "seed.json", &seed(tag));
+    apply_ok(&host, &file);
+    let rock = format!("{tag}rockmongo-1");
+
+    let monitors = [Monitor::start(host.host_ns()), Monitor::start(&rock)];
+    let out = apply_ok(&host, &file);
+    assert!(out.contains("in sync"), "{out}");
+    for m in monitors {
+        assert_eq!(m.events(), "", "re-apply wrote to the kernel");
+    }
+    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn reconcile_removes_exactly_what_the_file_dropped() {
+    if !require_root() {
+        return;
+    }
+    let tag = "ga03";
+    let host = TestHost::new(tag);
+    let two = seed(tag).replacen("\"count\":1", "\"count\":2", 1).replace(
+        "\"publicports\":[{\"internal\":80,\"external\":6060}]",
+        "\"publicports\":[{\"internal\":80}]",
+    );
+    let file = write(&host, "dep.json", &two);
+    apply_ok(&host, &file);
+    let rock1 = format!("{tag}rockmongo-1");
+    let rock2 = format!("{tag}rockmongo-2");
+    let _w1 = serve_tcp(&rock1, addr("0.0.0.0:80"), "rock1");
+    let _w2 = serve_tcp(&rock2, addr("0.0.0.0:80"), "rock2");
+    // mongodb's 27017 got 4000 (it came first... rockmongo's two ports come first in the file).
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:4000"), "rock1");
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:4001"), "rock2");
+
+    // Count 2 -> 1, the link removed, rockmongo-1's port moved to an explicit 6070.
+    let one = seed(tag)
+        .replace("\"links\":[{\"to\":\"mongodb\"}]", "\"links\":[]")
+        .replace("\"external\":6060", "\"external\":6070");
+    fs::write(&file, one).unwrap();
+    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut changes: Vec<&str> = text.lines().filter(|l| !l.starts_with("deployment")).collect();
+    changes.sort();
+    let mut expected = vec![
+        format!("- netns {rock2}"),
+        format!("- host tcp 4000 -> {rock1} 10.211.0.2:80"),
+        format!("- host tcp 4001 -> {rock2} 10.211.0.3:80"),
+        format!("+ host tcp 6070 -> {rock1} 10.211.0.2:80"),
+        format!("- {rock1} table ip gearnat"),
+    ];
+    expected.sort();
+    assert_eq!(changes, expected, "{text}");
+
+    apply_ok(&host, &file);
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:6070"), "rock1");
+    unreachable(host.client_ns(), "192.0.2.1:4000");
+    unreachable(host.client_ns(), "192.0.2.1:4001");
+    let ruleset = nft_list(host.host_ns());
+    assert!(!ruleset.contains(&rock2) && !ruleset.contains(" 4001 "), "{ruleset}");
+    assert!(!PathBuf::from("/run/netns").join(&rock2).exists());
+    assert!(!nft_list(&rock1).contains("gearnat"), "the link table is left in {rock1}");
+    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_foreign_table_is_untouched_from_apply_to_down() {
+    if !require_root() {
+        return;
+    }
+    let tag = "ga04";
+    let host = TestHost::new(tag);
+    let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 9999 counter drop\n\t}\n}\n";
+    let nft = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", host.host_ns(), "nft"]).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    nft(&["-f", "-"], Some(foreign));
+    let before = nft(&["list", "table", "inet", "filter"], None);
+    assert!(before.contains("tcp dport 9999"), "{before}");
+
+    let file = write(&host, "seed.json", &seed(tag));
+    apply_ok(&host, &file);
+    assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
+    let changed = seed(tag).replace("\"external\":6060", "\"external\":6061");
+    fs::write(&file, changed).unwrap();
+    apply_ok(&host, &file);
+    assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
+    assert_eq!(run(&host, &["down", file.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
+}
+
+/// Every file in tests/deployments/bad: exit 2, a message naming the file, and the kernel and
+/// the state directory exactly as before.
+#[test]
+fn bad_files_change_nothing() {
+    if !require_root() {
+        return;
+    }
+    let tag = "ga05";
+    let host = TestHost::new(tag);
+    let file = write(&host, "seed.json", &seed(tag));
+    apply_ok(&host, &file);
+    let snapshot = || (nft_list(host.host_ns()), state_files(&host));
+    let before = snapshot();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/deployments/bad");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 10, "bad files in {}", dir.display());
+    for bad in files {
+        for command in ["apply", "diff"] {
+            let out = run(&host, &[command, bad.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {}: {stderr}", bad.display());
+            let shown = bad.file_name().unwrap().to_str().unwrap();
+            assert!(stderr.contains(shown), "message does not name the file: {stderr}");
+            assert_eq!(snapshot(), before, "{command} {} changed something", bad.display());
+        }
+    }
+    // A deployment claiming a port another deployment holds is refused the same way.
+    let other = seed(tag).replace(&format!("\"IdPrefix\": \"{tag}\""), "\"IdPrefix\": \"ga05x\"");
+    let other = write(&host, "other.json", &other);
+    let out = run(&host, &["apply", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("held by deployment seed"));
+    assert_eq!(snapshot(), before);
+}
+
+fn state_files(host: &TestHost) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(host.state_dir(), &mut out);
+    out.sort();
+    out
+}
+
+/// What apply loads is what nft/rockmongo_mongodb.nft (`gearnat compile` of the seed) holds:
+/// each namespace's table, listed by nft, equals the golden block loaded by `nft -f` into a
+/// scratch namespace and listed the same way.
+#[test]
+fn the_kernel_holds_the_golden_ruleset() {
+    if !require_root() {
+        return;
+    }
+    // The seed has no IdPrefix: its instances are /run/netns/rockmongo-1 and mongodb-1.
+    let instances = ["rockmongo-1", "mongodb-1"];
+    if instances.iter().any(|n| PathBuf::from("/run/netns").join(n).exists()) {
+        eprintln!("skipped: a namespace named rockmongo-1 or mongodb-1 exists already");
+        return;
+    }
+    let tag = "ga06";
+    let host = TestHost::new(tag);
+    let _cleanup = common::NetnsGuard(instances.iter().map(|s| s.to_string()).collect());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let golden = fs::read_to_string(root.join("nft/rockmongo_mongodb.nft")).unwrap();
+    let file = root.join("tests/deployments/rockmongo_mongodb.json");
+    apply_ok(&host, &file);
+    let blocks = common::nft_blocks(&golden);
+    assert_eq!(blocks.len(), 2, "a host block and rockmongo-1's");
+    for (ns, text) in blocks {
+        let target = if ns == "host" { host.host_ns().to_string() } else { ns.clone() };
+        let scratch = common::Scratch::new(&format!("{tag}-s"));
+        assert_eq!(common::nft_table(&target), scratch.load_and_list(&text), "namespace {ns}");
+    }
+    assert_eq!(run(&host, &["down", "--name", "rockmongo_mongodb"]).status.code(), Some(0));
+}
