@@ -7,3 +7,4 @@ pub mod model;
 pub mod netfilter;
 pub mod netns;
 pub mod ruleset;
+pub mod runtime;

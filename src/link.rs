@@ -41,12 +41,12 @@ pub const IFNAME_MAX: usize = 15;
 
 /// A netlink request the kernel refused, or a failure of the netlink connection.
 #[derive(Debug)]
-pub struct NetlinkError(rtnetlink::Error);
+pub struct NetlinkError(Box<rtnetlink::Error>);
 
 impl NetlinkError {
     /// The kernel's errno, when the kernel answered with one.
     pub fn errno(&self) -> Option<Errno> {
-        match &self.0 {
+        match &*self.0 {
             rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => {
                 Some(Errno::from_raw(msg.raw_code().abs()))
             }
@@ -68,7 +68,7 @@ impl std::error::Error for NetlinkError {}
 
 impl From<rtnetlink::Error> for NetlinkError {
     fn from(e: rtnetlink::Error) -> Self {
-        NetlinkError(e)
+        NetlinkError(Box::new(e))
     }
 }
 
@@ -262,7 +262,7 @@ pub fn delete_link(name: &str) -> Result<bool, Error> {
             .del(link.header.index)
             .execute()
             .await
-            .map_err(NetlinkError)
+            .map_err(NetlinkError::from)
         {
             Ok(()) => Ok(true),
             // Gone meanwhile (its namespace was destroyed, or its peer deleted).
@@ -441,7 +441,7 @@ where
 
 async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
     let mut links = h.link().get().match_name(name).execute();
-    match links.try_next().await.map_err(NetlinkError) {
+    match links.try_next().await.map_err(NetlinkError::from) {
         Ok(link) => Ok(link),
         Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
         Err(source) => Err(Error::GetLink {
@@ -503,7 +503,7 @@ async fn ensure_up(h: &Handle, link: &LinkMessage, name: &str, mode: Mode) -> Re
             .await
             .map_err(|e| Error::SetUp {
                 name: name.to_string(),
-                source: NetlinkError(e),
+                source: e.into(),
             })?;
     }
     Ok(true)
@@ -546,7 +546,7 @@ async fn ensure_address(
         .await
         .map_err(|e| Error::GetAddresses {
             name: name.to_string(),
-            source: NetlinkError(e),
+            source: e.into(),
         })?;
     let mut changed = false;
     let mut present = false;
@@ -566,7 +566,7 @@ async fn ensure_address(
                     .map_err(|e| Error::DeleteAddress {
                         name: name.to_string(),
                         address: format!("{}/{}", have.addr, have.prefix),
-                        source: NetlinkError(e),
+                        source: e.into(),
                     })?;
             }
         }
@@ -581,7 +581,7 @@ async fn ensure_address(
                 .map_err(|e| Error::AddAddress {
                     name: name.to_string(),
                     address: format!("{}/{}", address.addr, address.prefix),
-                    source: NetlinkError(e),
+                    source: e.into(),
                 })?;
         }
     }
@@ -602,9 +602,7 @@ async fn ensure_default_route(
         .execute()
         .try_collect()
         .await
-        .map_err(|e| Error::GetRoutes {
-            source: NetlinkError(e),
-        })?;
+        .map_err(|e| Error::GetRoutes { source: e.into() })?;
     let in_main = |route: &RouteMessage| {
         let table = route.attributes.iter().find_map(|attr| match attr {
             RouteAttribute::Table(table) => Some(*table),
@@ -641,7 +639,7 @@ async fn ensure_default_route(
             .map_err(|e| Error::SetRoute {
                 name: name.to_string(),
                 gateway,
-                source: NetlinkError(e),
+                source: e.into(),
             })?;
     }
     Ok(true)
