@@ -9,7 +9,9 @@
 //!
 //! Named namespaces live in `/run/netns/NAME`, a bind mount of a namespace file onto an empty
 //! file, exactly as iproute2's `ip netns add` leaves them, so `ip netns list` and
-//! `ip netns exec NAME` work with gearnat's namespaces and the other way round.
+//! `ip netns exec NAME` work with gearnat's namespaces and the other way round. Create them
+//! from the host's mount namespace: a namespace created under `ip netns exec` does not outlive
+//! the command (see `warn_if_private_mounts`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -201,6 +203,7 @@ pub fn create_named(name: &str) -> Result<Netns, Error> {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     make_run_dir_shared()?;
+    warn_if_private_mounts(name);
     let path = named_path(name);
     create_mount_point(name, &path)?;
 
@@ -319,6 +322,23 @@ fn make_run_dir_shared() -> Result<(), Error> {
             make_shared().map_err(|source| Error::SharedRunDir { source })
         }
         Err(source) => Err(Error::SharedRunDir { source }),
+    }
+}
+
+/// Under `ip netns exec` (or any private mount namespace made a slave of the host's), the bind
+/// mount stays in that mount namespace: the namespace is gone when the last process in it
+/// exits, and `/run/netns/NAME` is left an empty file. Seen with iproute2 itself:
+/// `ip netns exec A ip netns add B` leaves B unusable. Only warn: a container whose mounts are
+/// its own is a legitimate place to run.
+fn warn_if_private_mounts(name: &str) {
+    let ino = |path: &str| fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let ours = ino("/proc/thread-self/ns/mnt");
+    if ours.is_some() && ours != ino("/proc/1/ns/mnt") {
+        log::warn!(
+            "creating network namespace {name} from another mount namespace than PID 1's: it \
+             disappears when this process exits unless the mount propagates (not under \
+             `ip netns exec`)"
+        );
     }
 }
 
