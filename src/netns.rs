@@ -81,8 +81,11 @@ pub struct NetnsId {
 impl Netns {
     /// The calling thread's namespace (`/proc/thread-self/ns/net`, not `/proc/self`: the
     /// calling thread may have entered another namespace than the main thread).
+    /// Its display name is the kernel's, `net:[INODE]`.
     pub fn current() -> Result<Netns, Error> {
-        Self::open_as("/proc/thread-self/ns/net", "current".to_string())
+        let mut ns = Self::open_as("/proc/thread-self/ns/net", "current".to_string())?;
+        ns.name = format!("net:[{}]", ns.id()?.ino);
+        Ok(ns)
     }
 
     /// A namespace file anywhere: `/proc/PID/ns/net`, Docker's `SandboxKey`, `/run/netns/NAME`.
@@ -157,7 +160,9 @@ impl AsFd for Netns {
 /// Runs `f` on a new thread that has entered `ns`, and returns what it returns.
 ///
 /// The thread ends with `f`, so the namespace never leaks into other work. A panic in `f` is
-/// resumed in the caller. The closure may borrow from the caller (the thread is scoped).
+/// resumed in the caller. The closure may borrow from the caller (the thread is scoped). The
+/// caller blocks until `f` returns: from async code, call this inside `spawn_blocking` (`f`
+/// still runs on its own thread, never on the pooled one).
 pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
     thread::scope(|scope| {
         let handle = thread::Builder::new()
@@ -382,5 +387,31 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(!exists_named("../etc"));
+    }
+
+    #[test]
+    fn only_namespace_files_open() {
+        let e = Netns::open_path("/proc/self/status").unwrap_err();
+        assert!(matches!(e, Error::NotNamespace { .. }), "{e}");
+        assert!(matches!(
+            Netns::open_named("a/b"),
+            Err(Error::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn handles_compare_by_namespace() {
+        let current = Netns::current().unwrap();
+        let by_pid = Netns::open_pid(std::process::id()).unwrap();
+        assert_eq!(current.id().unwrap(), by_pid.id().unwrap());
+        assert_eq!(
+            current.try_clone().unwrap().id().unwrap(),
+            current.id().unwrap()
+        );
+        assert_eq!(
+            current.name(),
+            format!("net:[{}]", current.id().unwrap().ino)
+        );
+        assert_eq!(by_pid.name(), format!("pid {}", std::process::id()));
     }
 }

@@ -428,3 +428,23 @@ fn listening_ports_reads_the_threads_namespace() {
         vec![port(udp.local_addr().unwrap())]
     );
 }
+
+#[test]
+fn run_in_resumes_panics_and_leaves_the_caller_alone() {
+    if !is_root() {
+        return;
+    }
+    let mut guard = Namespaces::new();
+    let ns = guard.create();
+    let before = Netns::current().unwrap().id().unwrap();
+    let panicked = std::panic::catch_unwind(|| netns::run_in(&ns, || panic!("inside")));
+    assert!(panicked.is_err());
+    // The caller's thread never left its namespace.
+    assert_eq!(Netns::current().unwrap().id().unwrap(), before);
+    // Borrowing from the caller works: the thread is scoped.
+    let name = String::from("lo");
+    let found = netns::run_in(&ns, || link::link_exists(&name))
+        .unwrap()
+        .unwrap();
+    assert!(found);
+}
