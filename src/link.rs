@@ -692,11 +692,16 @@ impl Veth<'_> {
 
     /// The host end: exists with its peer in the instance, attached to the bridge, up.
     async fn host_side(&self, h: Handle, mode: Mode) -> Result<bool, Error> {
-        let bridge = get_link(&h, self.bridge)
-            .await?
-            .ok_or_else(|| Error::NoBridge {
-                name: self.bridge.to_string(),
-            })?;
+        let bridge = match get_link(&h, self.bridge).await? {
+            Some(bridge) => bridge,
+            // For `diff` on a fresh host: everything is still to be done, which is no error.
+            None if mode == Mode::Check => return Ok(true),
+            None => {
+                return Err(Error::NoBridge {
+                    name: self.bridge.to_string(),
+                })
+            }
+        };
         let mut changed = false;
         let mut link = get_link(&h, self.host_if).await?;
         if let Some(existing) = &link {

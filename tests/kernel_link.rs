@@ -322,12 +322,18 @@ fn errors_name_the_step_and_object() {
     let host = guard.create();
     let net = Network::default();
     let id = guard.name();
-    // No bridge yet.
+    // No bridge yet: a change for the read-only check, an error for ensure.
+    assert!(!runtime::bridge_in_place(&host, &net).unwrap());
     let e = runtime::ensure_instance(&host, &net, &id, Ipv4Addr::new(10, 211, 0, 9)).unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("wiring instance {id} to bridge gearnat0: bridge gearnat0 does not exist")
     );
+    assert!(
+        netns::exists_named(&id),
+        "the namespace was made before the wiring failed"
+    );
+    assert!(!runtime::instance_in_place(&host, &net, &id, Ipv4Addr::new(10, 211, 0, 9)).unwrap());
     // An eth0 already inside the instance.
     runtime::ensure_bridge(&host, &net).unwrap();
     let instance = Netns::open_named(&id).unwrap();
