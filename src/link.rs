@@ -192,7 +192,7 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Net) -> Result<bool, Error> {
     netlink(|h| bridge(h, name, gateway, Mode::Apply))
 }
 
-/// Would [`ensure_bridge`] change anything? Only reads.
+/// Is the bridge already as [`ensure_bridge`] would leave it (true: nothing to do)? Only reads.
 pub fn bridge_in_place(name: &str, gateway: Ipv4Net) -> Result<bool, Error> {
     check_ifname(name)?;
     netlink(|h| bridge(h, name, gateway, Mode::Check)).map(|changes| !changes)
@@ -225,7 +225,8 @@ pub fn ensure_veth(
     Ok(host_changed || inner_changed)
 }
 
-/// Would [`ensure_veth`] change anything? Only reads.
+/// Is the pair already as [`ensure_veth`] would leave it (true: nothing to do)? Only reads;
+/// a missing bridge, link or namespace setting is reported as false, not as an error.
 pub fn veth_in_place(
     host_if: &str,
     bridge: &str,

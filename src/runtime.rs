@@ -101,7 +101,7 @@ pub fn ensure_bridge(host: &Netns, net: &Network) -> Result<bool, Error> {
     })
 }
 
-/// Would [`ensure_bridge`] change nothing? Only reads.
+/// Is the bridge in place (true: [`ensure_bridge`] would change nothing)? Only reads.
 pub fn bridge_in_place(host: &Netns, net: &Network) -> Result<bool, Error> {
     in_host(host, || {
         link::bridge_in_place(&net.bridge, net.gateway_net())
@@ -162,7 +162,8 @@ pub fn ensure_instance(
     })
 }
 
-/// Would [`ensure_instance`] change nothing? Only reads; a missing namespace is a change.
+/// Is the instance in place (true: [`ensure_instance`] would change nothing)? Only reads; a
+/// missing namespace, veth or bridge is reported as false.
 pub fn instance_in_place(
     host: &Netns,
     net: &Network,

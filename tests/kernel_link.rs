@@ -91,9 +91,13 @@ fn serve(
 
 /// Connects from inside `ns` and reads the reply.
 fn request(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {
+    request_within(ns, addr, Duration::from_secs(3))
+}
+
+fn request_within(ns: &Netns, addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     netns::run_in(ns, move || {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
         let mut reply = String::new();
         stream.read_to_string(&mut reply)?;
         Ok(reply)
@@ -271,7 +275,12 @@ fn removed_instance_is_unreachable_and_comes_back() {
         "the inner end goes with the host end"
     );
     assert!(!runtime::instance_in_place(&host, &net, &id, address).unwrap());
-    assert!(request(&host, SocketAddr::from((address, 7003))).is_err());
+    let gone = request_within(
+        &host,
+        SocketAddr::from((address, 7003)),
+        Duration::from_millis(500),
+    );
+    assert!(gone.is_err());
     // Removing again is no error.
     runtime::remove_instance(&host, &net, &id, false).unwrap();
 
