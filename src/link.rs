@@ -2,7 +2,7 @@
 //! default routes, sysctls and listening ports.
 //!
 //! Every function works in the calling thread's network namespace: call it inside
-//! [`netns::run_in`](crate::netns::run_in) to work in another one. Netlink requests run on a
+//! [`netns::run_in`] to work in another one. Netlink requests run on a
 //! current-thread tokio runtime made for the call, on the calling thread, so the netlink socket
 //! is opened in that thread's namespace; do not call these from async code.
 //!
