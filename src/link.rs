@@ -1,1 +1,927 @@
-//! The link layer over rtnetlink: bridge, veth pairs, addresses, routes, sysctls.
+//! The link layer over rtnetlink: the bridge, instances' veth pairs, their addresses and
+//! default routes, sysctls and listening ports.
+//!
+//! Every function works in the calling thread's network namespace: call it inside
+//! [`netns::run_in`] to work in another one. Netlink requests run on a
+//! current-thread tokio runtime made for the call, on the calling thread, so the netlink socket
+//! is opened in that thread's namespace; do not call these from async code.
+//!
+//! The `ensure_*` functions are idempotent and report whether they changed anything, so
+//! re-applying an unchanged deployment writes nothing; the `*_in_place` twins only look.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::model::Proto;
+use crate::netns::{self, Netns};
+use crate::ruleset::Ipv4Net;
+
+/// Longest interface name the kernel takes (`IFNAMSIZ` - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// A netlink request the kernel refused, or a failure of the netlink connection.
+#[derive(Debug)]
+pub struct NetlinkError(Box<rtnetlink::Error>);
+
+impl NetlinkError {
+    /// The kernel's errno, when the kernel answered with one.
+    pub fn errno(&self) -> Option<Errno> {
+        match &*self.0 {
+            rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => {
+                Some(Errno::from_raw(msg.raw_code().abs()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NetlinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.errno() {
+            Some(errno) => f.write_str(errno.desc()),
+            None => self.0.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for NetlinkError {}
+
+impl From<rtnetlink::Error> for NetlinkError {
+    fn from(e: rtnetlink::Error) -> Self {
+        NetlinkError(Box::new(e))
+    }
+}
+
+/// A failing step of the link layer, with the object it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("starting a netlink runtime: {0}")]
+    Runtime(io::Error),
+    #[error("opening a netlink socket: {0}")]
+    Connect(io::Error),
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidIfname { name: String, reason: &'static str },
+    #[error("looking up link {name}: {source}")]
+    GetLink { name: String, source: NetlinkError },
+    #[error("{name} is a {actual} link, not a {wanted}")]
+    WrongKind {
+        name: String,
+        actual: String,
+        wanted: &'static str,
+    },
+    #[error("bridge {name} does not exist")]
+    NoBridge { name: String },
+    #[error("creating bridge {name}: {source}")]
+    CreateBridge { name: String, source: NetlinkError },
+    #[error("creating veth {host_if} for {instance}: {source}")]
+    CreateVeth {
+        host_if: String,
+        instance: String,
+        source: NetlinkError,
+    },
+    #[error("veth {host_if} has no peer {inner_if} in {instance}")]
+    NoPeer {
+        host_if: String,
+        inner_if: String,
+        instance: String,
+    },
+    #[error("looking up the namespace id of {instance}: {source}")]
+    GetNsid {
+        instance: String,
+        source: NetlinkError,
+    },
+    #[error("attaching {name} to bridge {bridge}: {source}")]
+    Attach {
+        name: String,
+        bridge: String,
+        source: NetlinkError,
+    },
+    #[error("setting {name} up: {source}")]
+    SetUp { name: String, source: NetlinkError },
+    #[error("deleting link {name}: {source}")]
+    DeleteLink { name: String, source: NetlinkError },
+    #[error("listing addresses of {name}: {source}")]
+    GetAddresses { name: String, source: NetlinkError },
+    #[error("adding address {address} to {name}: {source}")]
+    AddAddress {
+        name: String,
+        address: String,
+        source: NetlinkError,
+    },
+    #[error("removing address {address} from {name}: {source}")]
+    DeleteAddress {
+        name: String,
+        address: String,
+        source: NetlinkError,
+    },
+    #[error("listing routes: {source}")]
+    GetRoutes { source: NetlinkError },
+    #[error("setting the default route via {gateway} on {name}: {source}")]
+    SetRoute {
+        name: String,
+        gateway: Ipv4Addr,
+        source: NetlinkError,
+    },
+    #[error("invalid sysctl key {key:?}: {reason}")]
+    SysctlKey { key: String, reason: &'static str },
+    #[error("reading sysctl {key}: {source}")]
+    SysctlRead { key: String, source: io::Error },
+    #[error("writing sysctl {key} = {value}: {source}")]
+    SysctlWrite {
+        key: String,
+        value: String,
+        source: io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    ReadProc { path: PathBuf, source: io::Error },
+    #[error("{path}: unreadable line {line:?}")]
+    ParseProc { path: PathBuf, line: String },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+}
+
+/// Whether a step is carried out or only checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Apply,
+    Check,
+}
+
+/// The host-side name of instance `instance_id`'s veth: `gn` and 13 hex digits of a 64-bit
+/// FNV-1a hash of the id, folded to 52 bits. Stable across runs and versions (no std hasher),
+/// and within the kernel's 15 characters whatever the id's length.
+pub fn host_ifname(instance_id: &str) -> String {
+    let hash = fnv1a64(instance_id.as_bytes());
+    let folded = (hash ^ (hash >> 52)) & ((1 << 52) - 1);
+    format!("gn{folded:013x}")
+}
+
+/// FNV-1a, 64 bits (Fowler, Noll, Vo; the parameters of draft-eastlake-fnv).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(PRIME)
+    })
+}
+
+/// Ensures bridge `name` exists, has the address `gateway` (its address and prefix) and is up.
+/// Other addresses on the bridge are left alone. Returns whether anything changed.
+pub fn ensure_bridge(name: &str, gateway: Ipv4Net) -> Result<bool, Error> {
+    check_ifname(name)?;
+    netlink(|h| bridge(h, name, gateway, Mode::Apply))
+}
+
+/// Is the bridge already as [`ensure_bridge`] would leave it (true: nothing to do)? Only reads.
+pub fn bridge_in_place(name: &str, gateway: Ipv4Net) -> Result<bool, Error> {
+    check_ifname(name)?;
+    netlink(|h| bridge(h, name, gateway, Mode::Check)).map(|changes| !changes)
+}
+
+/// Ensures a veth pair joins bridge `bridge` (in the calling thread's namespace) to `instance`:
+/// `host_if` here, attached to the bridge and up; `inner_if` inside the instance, created there
+/// directly, up, with `address` as its only IPv4 address; `lo` up and the default route via
+/// `gateway` inside the instance. A `host_if` whose peer is not in `instance` (a namespace
+/// recreated since) is replaced. Returns whether anything changed.
+pub fn ensure_veth(
+    host_if: &str,
+    bridge: &str,
+    instance: &Netns,
+    inner_if: &str,
+    address: Ipv4Net,
+    gateway: Ipv4Addr,
+) -> Result<bool, Error> {
+    let veth = Veth {
+        host_if,
+        bridge,
+        instance,
+        inner_if,
+        address,
+        gateway,
+    };
+    veth.check_names()?;
+    let host_changed = netlink(|h| veth.host_side(h, Mode::Apply))?;
+    let inner_changed = netns::run_in(instance, || netlink(|h| veth.inner_side(h, Mode::Apply)))??;
+    Ok(host_changed || inner_changed)
+}
+
+/// Is the pair already as [`ensure_veth`] would leave it (true: nothing to do)? Only reads;
+/// a missing bridge, link or namespace setting is reported as false, not as an error.
+pub fn veth_in_place(
+    host_if: &str,
+    bridge: &str,
+    instance: &Netns,
+    inner_if: &str,
+    address: Ipv4Net,
+    gateway: Ipv4Addr,
+) -> Result<bool, Error> {
+    let veth = Veth {
+        host_if,
+        bridge,
+        instance,
+        inner_if,
+        address,
+        gateway,
+    };
+    veth.check_names()?;
+    if netlink(|h| veth.host_side(h, Mode::Check))? {
+        return Ok(false);
+    }
+    let inner_changes = netns::run_in(instance, || netlink(|h| veth.inner_side(h, Mode::Check)))??;
+    Ok(!inner_changes)
+}
+
+/// Deletes link `name` (for a veth, both ends go). Returns false when there was none.
+pub fn delete_link(name: &str) -> Result<bool, Error> {
+    check_ifname(name)?;
+    netlink(|h| async move {
+        let Some(link) = get_link(&h, name).await? else {
+            return Ok(false);
+        };
+        match h
+            .link()
+            .del(link.header.index)
+            .execute()
+            .await
+            .map_err(NetlinkError::from)
+        {
+            Ok(()) => Ok(true),
+            // Gone meanwhile (its namespace was destroyed, or its peer deleted).
+            Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(false),
+            Err(source) => Err(Error::DeleteLink {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    })
+}
+
+/// Does link `name` exist in the calling thread's namespace?
+pub fn link_exists(name: &str) -> Result<bool, Error> {
+    check_ifname(name)?;
+    netlink(|h| async move { Ok(get_link(&h, name).await?.is_some()) })
+}
+
+/// The sysctl key of an interface setting, in the slash form that keeps dots in interface
+/// names: `conf_key("ipv4", "br.0", "route_localnet")` is `net/ipv4/conf/br.0/route_localnet`.
+pub fn conf_key(family: &str, ifname: &str, setting: &str) -> String {
+    format!("net/{family}/conf/{ifname}/{setting}")
+}
+
+/// Reads a `net.*` sysctl of the calling thread's namespace, without the trailing newline.
+///
+/// Keys are dotted (`net.ipv4.ip_forward`) or, as sysctl(8) also accepts, slash-separated
+/// (`net/ipv4/conf/eth0.100/route_localnet`), which is the form for interface names with dots.
+pub fn sysctl_get(key: &str) -> Result<String, Error> {
+    let path = sysctl_path(key)?;
+    let value = fs::read_to_string(&path).map_err(|source| Error::SysctlRead {
+        key: key.to_string(),
+        source,
+    })?;
+    Ok(value.trim_end_matches('\n').to_string())
+}
+
+/// Writes a `net.*` sysctl of the calling thread's namespace (key forms as [`sysctl_get`]).
+///
+/// `/proc/sys/net` shows the namespace of the thread that opens it, so this must run on a
+/// thread inside the target namespace (see `netns::run_in`).
+pub fn sysctl_set(key: &str, value: &str) -> Result<(), Error> {
+    let path = sysctl_path(key)?;
+    let write_err = |source| Error::SysctlWrite {
+        key: key.to_string(),
+        value: value.to_string(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(write_err)?;
+    file.write_all(value.as_bytes()).map_err(write_err)
+}
+
+/// `/proc/sys/...` for a key; only `net.*`, the per-namespace part: other sysctls are global
+/// and gearnat has no business changing them.
+fn sysctl_path(key: &str) -> Result<PathBuf, Error> {
+    let bad = |reason| Error::SysctlKey {
+        key: key.to_string(),
+        reason,
+    };
+    let separator = if key.contains('/') { '/' } else { '.' };
+    let components: Vec<&str> = key.split(separator).collect();
+    if components.len() < 2 || components[0] != "net" {
+        return Err(bad("not under net"));
+    }
+    if components
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == ".." || c.contains('\0'))
+    {
+        return Err(bad("empty or relative path component"));
+    }
+    let mut path = PathBuf::from("/proc/sys");
+    path.extend(components);
+    Ok(path)
+}
+
+/// Ports that sockets of the calling thread's namespace listen on: TCP sockets in LISTEN state,
+/// or bound UDP sockets, over IPv4 and IPv6.
+pub fn listening_ports(proto: Proto) -> Result<BTreeSet<u16>, Error> {
+    // /proc/thread-self/net, not /proc/self/net: the latter shows the main thread's namespace.
+    let files: [&str; 2] = match proto {
+        Proto::Tcp => ["tcp", "tcp6"],
+        Proto::Udp => ["udp", "udp6"],
+    };
+    let mut ports = BTreeSet::new();
+    for file in files {
+        let path = PathBuf::from("/proc/thread-self/net").join(file);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            // No tcp6/udp6 when IPv6 is disabled.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(Error::ReadProc { path, source }),
+        };
+        for line in text.lines().skip(1) {
+            let parsed = parse_socket_line(line).ok_or_else(|| Error::ParseProc {
+                path: path.clone(),
+                line: line.to_string(),
+            })?;
+            if let Some(port) = parsed.listening_port(proto) {
+                ports.insert(port);
+            }
+        }
+    }
+    Ok(ports)
+}
+
+/// The fields of a `/proc/net/{tcp,udp}{,6}` line that matter here.
+struct SocketLine {
+    local_port: u16,
+    state: u8,
+}
+
+impl SocketLine {
+    /// TCP_LISTEN in include/net/tcp_states.h.
+    const TCP_LISTEN: u8 = 0x0a;
+
+    fn listening_port(&self, proto: Proto) -> Option<u16> {
+        let listening = match proto {
+            Proto::Tcp => self.state == Self::TCP_LISTEN,
+            Proto::Udp => self.local_port != 0,
+        };
+        listening.then_some(self.local_port)
+    }
+}
+
+/// `sl local_address rem_address st ...`, addresses as `HEXADDR:HEXPORT`.
+fn parse_socket_line(line: &str) -> Option<SocketLine> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let state = fields.nth(1)?;
+    let (_, port) = local.rsplit_once(':')?;
+    Some(SocketLine {
+        local_port: u16::from_str_radix(port, 16).ok()?,
+        state: u8::from_str_radix(state, 16).ok()?,
+    })
+}
+
+fn check_ifname(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() > IFNAME_MAX {
+        "longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "a directory name"
+    } else if name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
+        "contains '/', ':', NUL or white space"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidIfname {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// Runs `f` with a netlink handle opened in the calling thread's namespace.
+fn netlink<T, F, Fut>(f: F) -> Result<T, Error>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+        let driver = tokio::spawn(connection);
+        let result = f(handle).await;
+        driver.abort();
+        result
+    })
+}
+
+async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
+    let mut links = h.link().get().match_name(name).execute();
+    match links.try_next().await.map_err(NetlinkError::from) {
+        Ok(link) => Ok(link),
+        Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
+        Err(source) => Err(Error::GetLink {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+            LinkInfo::Kind(kind) => Some(kind),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn expect_kind(link: &LinkMessage, name: &str, wanted: InfoKind) -> Result<(), Error> {
+    match link_kind(link) {
+        Some(kind) if *kind == wanted => Ok(()),
+        other => Err(Error::WrongKind {
+            name: name.to_string(),
+            actual: other.map_or_else(|| "plain".to_string(), |k| k.to_string()),
+            wanted: if wanted == InfoKind::Bridge {
+                "bridge"
+            } else {
+                "veth"
+            },
+        }),
+    }
+}
+
+fn controller(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Controller(index) => Some(*index),
+        _ => None,
+    })
+}
+
+fn link_netnsid(link: &LinkMessage) -> Option<i32> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkNetNsId(id) => Some(*id),
+        _ => None,
+    })
+}
+
+/// Sets the link up. Returns whether it was down (in check mode: would be set up).
+async fn ensure_up(h: &Handle, link: &LinkMessage, name: &str, mode: Mode) -> Result<bool, Error> {
+    if link.header.flags.contains(LinkFlags::Up) {
+        return Ok(false);
+    }
+    if mode == Mode::Apply {
+        let message = LinkUnspec::new_with_index(link.header.index).up().build();
+        h.link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| Error::SetUp {
+                name: name.to_string(),
+                source: e.into(),
+            })?;
+    }
+    Ok(true)
+}
+
+fn ipv4_address(message: &AddressMessage) -> Option<Ipv4Net> {
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on point-to-point
+    // links and equal to IFA_LOCAL elsewhere.
+    let local = message.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
+        _ => None,
+    });
+    Some(Ipv4Net {
+        addr: local.or(address)?,
+        prefix: message.header.prefix_len,
+    })
+}
+
+/// Ensures `address` is on link `index`; with `exclusive`, removes its other IPv4 addresses.
+/// Returns whether anything changed (in check mode: would change).
+async fn ensure_address(
+    h: &Handle,
+    index: u32,
+    name: &str,
+    address: Ipv4Net,
+    exclusive: bool,
+    mode: Mode,
+) -> Result<bool, Error> {
+    let current: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_filter(|m| futures::future::ready(m.header.family == AddressFamily::Inet))
+        .try_collect()
+        .await
+        .map_err(|e| Error::GetAddresses {
+            name: name.to_string(),
+            source: e.into(),
+        })?;
+    let mut changed = false;
+    let mut present = false;
+    for message in current {
+        let Some(have) = ipv4_address(&message) else {
+            continue;
+        };
+        if have.addr == address.addr && have.prefix == address.prefix {
+            present = true;
+        } else if exclusive {
+            changed = true;
+            if mode == Mode::Apply {
+                h.address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(|e| Error::DeleteAddress {
+                        name: name.to_string(),
+                        address: format!("{}/{}", have.addr, have.prefix),
+                        source: e.into(),
+                    })?;
+            }
+        }
+    }
+    if !present {
+        changed = true;
+        if mode == Mode::Apply {
+            h.address()
+                .add(index, IpAddr::V4(address.addr), address.prefix)
+                .execute()
+                .await
+                .map_err(|e| Error::AddAddress {
+                    name: name.to_string(),
+                    address: format!("{}/{}", address.addr, address.prefix),
+                    source: e.into(),
+                })?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Ensures the main table's IPv4 default route goes via `gateway` on link `index`.
+async fn ensure_default_route(
+    h: &Handle,
+    index: u32,
+    name: &str,
+    gateway: Ipv4Addr,
+    mode: Mode,
+) -> Result<bool, Error> {
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| Error::GetRoutes { source: e.into() })?;
+    let in_main = |route: &RouteMessage| {
+        let table = route.attributes.iter().find_map(|attr| match attr {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        });
+        table.unwrap_or(u32::from(route.header.table)) == u32::from(RouteHeader::RT_TABLE_MAIN)
+    };
+    let default = routes
+        .iter()
+        .find(|r| r.header.destination_prefix_length == 0 && in_main(r));
+    if let Some(route) = default {
+        let via = route.attributes.iter().find_map(|attr| match attr {
+            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => Some(*addr),
+            _ => None,
+        });
+        let oif = route.attributes.iter().find_map(|attr| match attr {
+            RouteAttribute::Oif(oif) => Some(*oif),
+            _ => None,
+        });
+        if via == Some(gateway) && oif == Some(index) {
+            return Ok(false);
+        }
+    }
+    if mode == Mode::Apply {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::SetRoute {
+                name: name.to_string(),
+                gateway,
+                source: e.into(),
+            })?;
+    }
+    Ok(true)
+}
+
+/// The steps of [`ensure_bridge`]; returns whether anything changed (or would).
+async fn bridge(h: Handle, name: &str, gateway: Ipv4Net, mode: Mode) -> Result<bool, Error> {
+    let mut changed = false;
+    let link = match get_link(&h, name).await? {
+        Some(link) => link,
+        None if mode == Mode::Check => return Ok(true),
+        None => {
+            log::info!("creating bridge {name}");
+            h.link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+                .map_err(|e| Error::CreateBridge {
+                    name: name.to_string(),
+                    source: e.into(),
+                })?;
+            changed = true;
+            get_link(&h, name).await?.ok_or_else(|| Error::NoBridge {
+                name: name.to_string(),
+            })?
+        }
+    };
+    expect_kind(&link, name, InfoKind::Bridge)?;
+    changed |= ensure_up(&h, &link, name, mode).await?;
+    changed |= ensure_address(&h, link.header.index, name, gateway, false, mode).await?;
+    Ok(changed)
+}
+
+/// One instance's veth pair, as [`ensure_veth`] takes it.
+struct Veth<'a> {
+    host_if: &'a str,
+    bridge: &'a str,
+    instance: &'a Netns,
+    inner_if: &'a str,
+    address: Ipv4Net,
+    gateway: Ipv4Addr,
+}
+
+impl Veth<'_> {
+    fn check_names(&self) -> Result<(), Error> {
+        check_ifname(self.host_if)?;
+        check_ifname(self.bridge)?;
+        check_ifname(self.inner_if)
+    }
+
+    /// The host end: exists with its peer in the instance, attached to the bridge, up.
+    async fn host_side(&self, h: Handle, mode: Mode) -> Result<bool, Error> {
+        let bridge = match get_link(&h, self.bridge).await? {
+            Some(bridge) => bridge,
+            // For `diff` on a fresh host: everything is still to be done, which is no error.
+            None if mode == Mode::Check => return Ok(true),
+            None => {
+                return Err(Error::NoBridge {
+                    name: self.bridge.to_string(),
+                })
+            }
+        };
+        let mut changed = false;
+        let mut link = get_link(&h, self.host_if).await?;
+        if let Some(existing) = &link {
+            expect_kind(existing, self.host_if, InfoKind::Veth)?;
+            if !self.peer_in_instance(&h, existing).await? {
+                if mode == Mode::Check {
+                    return Ok(true);
+                }
+                log::info!(
+                    "replacing {}: its peer is not in {}",
+                    self.host_if,
+                    self.instance.name()
+                );
+                h.link()
+                    .del(existing.header.index)
+                    .execute()
+                    .await
+                    .map_err(|e| Error::DeleteLink {
+                        name: self.host_if.to_string(),
+                        source: e.into(),
+                    })?;
+                link = None;
+                changed = true;
+            }
+        }
+        let link = match link {
+            Some(link) => link,
+            None if mode == Mode::Check => return Ok(true),
+            None => {
+                self.create(&h).await?;
+                changed = true;
+                get_link(&h, self.host_if)
+                    .await?
+                    .ok_or_else(|| Error::NoPeer {
+                        host_if: self.host_if.to_string(),
+                        inner_if: self.inner_if.to_string(),
+                        instance: self.instance.name().to_string(),
+                    })?
+            }
+        };
+        if controller(&link) != Some(bridge.header.index) {
+            changed = true;
+            if mode == Mode::Apply {
+                let message =
+                    LinkUnspec::new_with_index(link.header.index).controller(bridge.header.index);
+                h.link()
+                    .set(message.build())
+                    .execute()
+                    .await
+                    .map_err(|e| Error::Attach {
+                        name: self.host_if.to_string(),
+                        bridge: self.bridge.to_string(),
+                        source: e.into(),
+                    })?;
+            }
+        }
+        changed |= ensure_up(&h, &link, self.host_if, mode).await?;
+        Ok(changed)
+    }
+
+    /// Creates the pair with the peer made straight inside the instance (by namespace fd), so
+    /// it never appears in the host namespace under its inner name.
+    async fn create(&self, h: &Handle) -> Result<(), Error> {
+        log::info!(
+            "creating veth {} for {}",
+            self.host_if,
+            self.instance.name()
+        );
+        let peer = LinkUnspec::new_with_name(self.inner_if)
+            .setns_by_fd(self.instance.as_fd().as_raw_fd())
+            .build();
+        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(self.host_if.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| Error::CreateVeth {
+                host_if: self.host_if.to_string(),
+                instance: self.instance.name().to_string(),
+                source: e.into(),
+            })
+    }
+
+    /// Is the peer of `link` in the instance's namespace? Compares the peer's namespace id
+    /// (IFLA_LINK_NETNSID, which the kernel assigns when it reports a cross-namespace peer)
+    /// with the id this namespace has for the instance (RTM_GETNSID by fd).
+    async fn peer_in_instance(&self, h: &Handle, link: &LinkMessage) -> Result<bool, Error> {
+        let Some(peer_nsid) = link_netnsid(link) else {
+            return Ok(false);
+        };
+        let mut message = NsidMessage::default();
+        message
+            .attributes
+            .push(NsidAttribute::Fd(self.instance.as_fd().as_raw_fd() as u32));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let nsid_err = |source: rtnetlink::Error| Error::GetNsid {
+            instance: self.instance.name().to_string(),
+            source: source.into(),
+        };
+        let mut responses = h.clone().request(request).map_err(nsid_err)?;
+        let mut instance_nsid = None;
+        while let Some(response) = futures::StreamExt::next(&mut responses).await {
+            match response.payload {
+                NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                    return Err(nsid_err(rtnetlink::Error::NetlinkError(e)))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(answer)) => {
+                    instance_nsid = answer.attributes.iter().find_map(|attr| match attr {
+                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(instance_nsid == Some(peer_nsid))
+    }
+
+    /// Inside the instance: `lo` up, the inner end up with only its address, default route.
+    async fn inner_side(&self, h: Handle, mode: Mode) -> Result<bool, Error> {
+        let mut changed = false;
+        if let Some(lo) = get_link(&h, "lo").await? {
+            changed |= ensure_up(&h, &lo, "lo", mode).await?;
+        }
+        let Some(inner) = get_link(&h, self.inner_if).await? else {
+            if mode == Mode::Check {
+                return Ok(true);
+            }
+            return Err(Error::NoPeer {
+                host_if: self.host_if.to_string(),
+                inner_if: self.inner_if.to_string(),
+                instance: self.instance.name().to_string(),
+            });
+        };
+        let index = inner.header.index;
+        // Up before the address: IPv4 adds the subnet route only on an up link, and the default
+        // route needs it to reach the gateway.
+        changed |= ensure_up(&h, &inner, self.inner_if, mode).await?;
+        changed |= ensure_address(&h, index, self.inner_if, self.address, true, mode).await?;
+        changed |= ensure_default_route(&h, index, self.inner_if, self.gateway, mode).await?;
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_published_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn host_ifnames_are_stable_and_short() {
+        // Pinned: a change here renames every existing host interface.
+        assert_eq!(host_ifname("mongodb-1"), "gn65d4261b762a8");
+        let name = host_ifname("a-very-long-instance-identifier-for-a-container-42");
+        assert_eq!(name.len(), IFNAME_MAX);
+        assert!(name.starts_with("gn"));
+        assert_ne!(host_ifname("mongodb-1"), host_ifname("mongodb-2"));
+        assert!(check_ifname(&host_ifname("")).is_ok());
+    }
+
+    #[test]
+    fn sysctl_keys_keep_dots_in_slash_form() {
+        assert_eq!(
+            sysctl_path("net.ipv4.conf.gearnat0.route_localnet").unwrap(),
+            PathBuf::from("/proc/sys/net/ipv4/conf/gearnat0/route_localnet")
+        );
+        assert_eq!(
+            sysctl_path(&conf_key("ipv4", "eth0.100", "route_localnet")).unwrap(),
+            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/route_localnet")
+        );
+        for bad in [
+            "kernel.hostname",
+            "net",
+            "net..ipv4",
+            "net/ipv4/../../kernel/x",
+            "net/",
+        ] {
+            assert!(sysctl_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_lines_parse() {
+        let tcp =
+            "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1";
+        let line = parse_socket_line(tcp).unwrap();
+        assert_eq!(line.listening_port(Proto::Tcp), Some(8080));
+        let established =
+            "   1: 0100007F:1F90 0100007F:A000 01 00000000:00000000 00:00000000 00000000 0 0 2";
+        assert_eq!(
+            parse_socket_line(established)
+                .unwrap()
+                .listening_port(Proto::Tcp),
+            None
+        );
+        let udp6 = "  5: 00000000000000000000000000000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 3 2 0";
+        assert_eq!(
+            parse_socket_line(udp6).unwrap().listening_port(Proto::Udp),
+            Some(53)
+        );
+        assert!(parse_socket_line("garbage").is_none());
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(check_ifname("gearnat0").is_ok());
+        assert!(check_ifname("eth0.100").is_ok());
+        for bad in ["", "sixteen-chars-xx", "a/b", "a b", ".."] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
+    }
+}
