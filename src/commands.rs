@@ -11,14 +11,17 @@ use crate::model::{Deployment, Proto};
 use crate::netns::Netns;
 use crate::plan::{self, Desired, Record};
 use crate::reconcile;
-use crate::resolve::{self, Resolved};
 use crate::report;
+use crate::resolve::{self, Resolved};
 use crate::runtime::Network;
 use crate::state::{DeploymentRecord, Reservations, StateDir};
 use crate::{deployment, geard, link, netfilter, Error};
 
 fn network(args: &NetworkArgs) -> Network {
-    Network { bridge: args.bridge.clone(), pool: args.subnet }
+    Network {
+        bridge: args.bridge.clone(),
+        pool: args.subnet,
+    }
 }
 
 /// Fails plainly unless this process may change netfilter and enter namespaces.
@@ -45,7 +48,10 @@ fn load(args: &DeployArgs) -> Result<Deployment, Error> {
 
 fn lock(state_dir: &Path) -> Result<StateDir, Error> {
     Ok(StateDir::lock(state_dir, |path| {
-        eprintln!("gearnat: another gearnat is running; waiting for its lock on {}", path.display());
+        eprintln!(
+            "gearnat: another gearnat is running; waiting for its lock on {}",
+            path.display()
+        );
     })?)
 }
 
@@ -53,7 +59,11 @@ fn lock(state_dir: &Path) -> Result<StateDir, Error> {
 fn listening() -> Result<BTreeSet<(Proto, u16)>, Error> {
     let mut out = BTreeSet::new();
     for proto in Proto::ALL {
-        out.extend(link::listening_ports(proto)?.into_iter().map(|p| (proto, p)));
+        out.extend(
+            link::listening_ports(proto)?
+                .into_iter()
+                .map(|p| (proto, p)),
+        );
     }
     Ok(out)
 }
@@ -66,13 +76,22 @@ fn resolve_with(
     listening: &BTreeSet<(Proto, u16)>,
     net: &Network,
 ) -> Result<(Resolved, Reservations), Error> {
-    let cx = resolve::Context { reservations, listening, pool: net.pool };
-    resolve::resolve(d, &cx)
-        .map_err(|source| Error::Resolve { file: file.display().to_string(), source })
+    let cx = resolve::Context {
+        reservations,
+        listening,
+        pool: net.pool,
+    };
+    resolve::resolve(d, &cx).map_err(|source| Error::Resolve {
+        file: file.display().to_string(),
+        source,
+    })
 }
 
 fn plan_config(net: &Network) -> plan::NetworkConfig {
-    plan::NetworkConfig { bridge: net.bridge.clone(), pool: net.pool }
+    plan::NetworkConfig {
+        bridge: net.bridge.clone(),
+        pool: net.pool,
+    }
 }
 
 pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
@@ -83,7 +102,9 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let (resolved, reservations) =
         resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)?;
     let desired = plan::desired(&resolved, &plan_config(&net));
-    let record = state.record(&d.name)?.unwrap_or_else(|| new_record(&d, args));
+    let record = state
+        .record(&d.name)?
+        .unwrap_or_else(|| new_record(&d, args));
     let host = Netns::current()?;
     let plan = reconcile::plan_apply(&host, &net, &desired, &record)?;
 
@@ -118,7 +139,12 @@ fn new_record(d: &Deployment, args: &DeployArgs) -> DeploymentRecord {
 }
 
 /// After a batch, the kernel must hold exactly what was planned.
-fn read_back(host: &Netns, net: &Network, desired: &Desired, record: &DeploymentRecord) -> Result<(), Error> {
+fn read_back(
+    host: &Netns,
+    net: &Network,
+    desired: &Desired,
+    record: &DeploymentRecord,
+) -> Result<(), Error> {
     let left = reconcile::plan_apply(host, net, desired, &record_for(desired, record))?;
     if left.is_empty() {
         Ok(())
@@ -130,9 +156,17 @@ fn read_back(host: &Netns, net: &Network, desired: &Desired, record: &Deployment
 /// The record as it stands once `desired` is in place: only its instances remain.
 fn record_for(desired: &Desired, record: &DeploymentRecord) -> DeploymentRecord {
     let instances: Vec<String> = desired.instances.iter().map(|i| i.id.clone()).collect();
-    let created_netns =
-        record.created_netns.iter().filter(|n| instances.contains(n)).cloned().collect();
-    DeploymentRecord { instances, created_netns, ..record.clone() }
+    let created_netns = record
+        .created_netns
+        .iter()
+        .filter(|n| instances.contains(n))
+        .cloned()
+        .collect();
+    DeploymentRecord {
+        instances,
+        created_netns,
+        ..record.clone()
+    }
 }
 
 fn save_resolved(
@@ -178,10 +212,16 @@ pub fn diff(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let state = StateDir::read_only(state_dir);
     let (resolved, _) = resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)?;
     let desired = plan::desired(&resolved, &plan_config(&net));
-    let record = state.record(&d.name)?.unwrap_or_else(|| new_record(&d, args));
+    let record = state
+        .record(&d.name)?
+        .unwrap_or_else(|| new_record(&d, args));
     let plan = reconcile::plan_apply(&Netns::current()?, &net, &desired, &record)?;
     print_plan(args.output.output, &plan, &net, &resolved);
-    Ok(if plan.is_empty() { Status::Done } else { Status::Pending })
+    Ok(if plan.is_empty() {
+        Status::Done
+    } else {
+        Status::Pending
+    })
 }
 
 pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
@@ -202,14 +242,21 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
     let Some(mut record) = state.record(&name)? else {
         return Err(Error::NotDeployed { name });
     };
-    let others = state.deployments()?.into_iter().filter(|n| *n != name).count();
+    let others = state
+        .deployments()?
+        .into_iter()
+        .filter(|n| *n != name)
+        .count();
     let host = Netns::current()?;
     let observed = reconcile::observe(&host, &net, None, &record.instances)?;
     let created: BTreeSet<String> = record.created_netns.iter().cloned().collect();
     let plan = plan::teardown(
         &name,
         &observed,
-        &Record { instances: &record.instances, created_netns: &created },
+        &Record {
+            instances: &record.instances,
+            created_netns: &created,
+        },
         others == 0,
     );
     println!("deployment {name}: down");
@@ -232,7 +279,9 @@ pub fn compile(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let net = network(&args.network);
     // Without root the state directory may be unreadable: compile then shows the ports and
     // addresses a first apply would pick.
-    let reservations = StateDir::read_only(state_dir).reservations().unwrap_or_default();
+    let reservations = StateDir::read_only(state_dir)
+        .reservations()
+        .unwrap_or_default();
     let (resolved, _) = resolve_with(&d, &args.file, &reservations, &BTreeSet::new(), &net)?;
     let desired = plan::desired(&resolved, &plan_config(&net));
     print!("{}", compile_text(&desired));
@@ -259,17 +308,29 @@ pub fn compile_text(desired: &Desired) -> String {
     out
 }
 
-pub fn status(state_dir: &Path, args: &OutputArgs, net_args: &NetworkArgs) -> Result<Status, Error> {
+pub fn status(
+    state_dir: &Path,
+    args: &OutputArgs,
+    net_args: &NetworkArgs,
+) -> Result<Status, Error> {
     require_admin("status")?;
     let net = network(net_args);
     let state = StateDir::read_only(state_dir);
     let host = Netns::current()?;
-    let host_table = netfilter::dump().map_err(|e| Error::Netfilter { ns: "host".into(), source: e })?;
-    let installed: BTreeSet<_> = host_table.iter().flat_map(|t| t.elements.iter().cloned()).collect();
+    let host_table = netfilter::dump().map_err(|e| Error::Netfilter {
+        ns: "host".into(),
+        source: e,
+    })?;
+    let installed: BTreeSet<_> = host_table
+        .iter()
+        .flat_map(|t| t.elements.iter().cloned())
+        .collect();
     let reservations = state.reservations()?;
     let mut all = Vec::new();
     for name in state.deployments()? {
-        let Some(record) = state.record(&name)? else { continue };
+        let Some(record) = state.record(&name)? else {
+            continue;
+        };
         let file = state.resolved_path(&name);
         let d = deployment::load(&file, Some(&name))?;
         let (resolved, _) = resolve_with(&d, &file, &reservations, &BTreeSet::new(), &net)?;
@@ -278,7 +339,11 @@ pub fn status(state_dir: &Path, args: &OutputArgs, net_args: &NetworkArgs) -> Re
         let paths = report::paths(&resolved, &installed);
         match args.output {
             Output::Text => {
-                let sync = if plan.is_empty() { "in sync" } else { "drifted (run gearnat apply)" };
+                let sync = if plan.is_empty() {
+                    "in sync"
+                } else {
+                    "drifted (run gearnat apply)"
+                };
                 println!("{name}: {} instances, {sync}", resolved.instances.len());
                 for p in &paths {
                     println!("  {p}");

@@ -10,11 +10,17 @@ pub enum Error {
     #[error("{0}")]
     Deployment(#[from] deployment::DeploymentError),
     #[error("{file}: {source}")]
-    Resolve { file: String, source: resolve::ResolveError },
+    Resolve {
+        file: String,
+        source: resolve::ResolveError,
+    },
     #[error("{0}")]
     State(#[from] state::StateError),
     #[error("nftables in namespace {ns}: {source}")]
-    Netfilter { ns: String, source: netfilter::Error },
+    Netfilter {
+        ns: String,
+        source: netfilter::Error,
+    },
     #[error("{0}")]
     Netns(#[from] netns::Error),
     #[error("{0}")]

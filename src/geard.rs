@@ -102,7 +102,10 @@ pub fn output_file_instances(resolved: &Resolved) -> Value {
                         o.insert("Protocol".into(), json!(m.proto));
                     }
                     if let Some(t) = m.target {
-                        o.insert("Target".into(), json!({"Host": t.ip().to_string(), "Port": t.port()}));
+                        o.insert(
+                            "Target".into(),
+                            json!({"Host": t.ip().to_string(), "Port": t.port()}),
+                        );
                     }
                     Value::Object(o)
                 })

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
@@ -484,6 +485,19 @@ fn controller(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// Whether a bridge port reflects frames back out of the port they came in on.
+fn hairpin(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|info| match info {
+            LinkInfo::PortData(InfoPortData::BridgePort(port)) => port
+                .iter()
+                .any(|p| matches!(p, InfoBridgePort::HairpinMode(true))),
+            _ => false,
+        }),
+        _ => false,
+    })
+}
+
 fn link_netnsid(link: &LinkMessage) -> Option<i32> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::LinkNetNsId(id) => Some(*id),
@@ -759,8 +773,44 @@ impl Veth<'_> {
                     })?;
             }
         }
+        changed |= self.ensure_hairpin(&h, &link, mode).await?;
         changed |= ensure_up(&h, &link, self.host_if, mode).await?;
         Ok(changed)
+    }
+
+    /// Hairpin mode on the bridge port: an instance reaching its own public port through the
+    /// host gets the DNATed packet back through the port it came in on. With
+    /// `bridge-nf-call-iptables=1`, br_netfilter DNATs such a packet at the bridge and forwards
+    /// it as a bridged frame, which the bridge drops without hairpin mode.
+    async fn ensure_hairpin(
+        &self,
+        h: &Handle,
+        link: &LinkMessage,
+        mode: Mode,
+    ) -> Result<bool, Error> {
+        if hairpin(link) {
+            return Ok(false);
+        }
+        if mode == Mode::Apply {
+            let mut message = LinkMessage::default();
+            message.header.index = link.header.index;
+            message.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true,
+                )])),
+            ]));
+            h.link()
+                .set(message)
+                .execute()
+                .await
+                .map_err(|e| Error::Attach {
+                    name: self.host_if.to_string(),
+                    bridge: self.bridge.to_string(),
+                    source: e.into(),
+                })?;
+        }
+        Ok(true)
     }
 
     /// Creates the pair with the peer made straight inside the instance (by namespace fd), so

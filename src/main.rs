@@ -12,7 +12,10 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .init();
     let result = match &cli.command {
         Command::Apply(args) => commands::apply(&cli.state_dir, args),
         Command::Diff(args) => commands::diff(&cli.state_dir, args),

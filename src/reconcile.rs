@@ -7,17 +7,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::netfilter;
 use crate::netns::{self, Netns};
-use crate::plan::{self, Desired, NsPlan, Observed, ObservedInstance, Plan, Record, Sysctl, Wiring};
-use crate::runtime::{self, Network};
+use crate::plan::{
+    self, Desired, NsPlan, Observed, ObservedInstance, Plan, Record, Sysctl, Wiring,
+};
 use crate::ruleset::ActualTable;
+use crate::runtime::{self, Network};
 use crate::state::DeploymentRecord;
 use crate::{link, Error};
 
 /// What an instance namespace holds, read from inside it.
-fn observe_inside(ns: &Netns, sysctls: Vec<Sysctl>) -> Result<(Option<ActualTable>, BTreeMap<String, String>), Error> {
+fn observe_inside(
+    ns: &Netns,
+    sysctls: Vec<Sysctl>,
+) -> Result<(Option<ActualTable>, BTreeMap<String, String>), Error> {
     let id = ns.name().to_string();
     netns::run_in(ns, move || -> Result<_, Error> {
-        let table = netfilter::dump().map_err(|e| Error::Netfilter { ns: id.clone(), source: e })?;
+        let table = netfilter::dump().map_err(|e| Error::Netfilter {
+            ns: id.clone(),
+            source: e,
+        })?;
         Ok((table, read_sysctls(&sysctls)))
     })?
 }
@@ -26,7 +34,11 @@ fn observe_inside(ns: &Netns, sysctls: Vec<Sysctl>) -> Result<(Option<ActualTabl
 /// interface that does not exist yet) are left out.
 fn read_sysctls(want: &[Sysctl]) -> BTreeMap<String, String> {
     want.iter()
-        .filter_map(|s| link::sysctl_get(&s.key).ok().map(|v| (s.key.clone(), v.trim().to_string())))
+        .filter_map(|s| {
+            link::sysctl_get(&s.key)
+                .ok()
+                .map(|v| (s.key.clone(), v.trim().to_string()))
+        })
         .collect()
 }
 
@@ -40,8 +52,11 @@ pub fn observe(
 ) -> Result<Observed, Error> {
     let host_sysctls = desired.map(|d| d.host_sysctls.clone()).unwrap_or_default();
     let mut observed = Observed {
-        bridge_ready: link_ready(host, net)?,
-        host_table: netfilter::dump().map_err(|e| Error::Netfilter { ns: "host".into(), source: e })?,
+        bridge_ready: runtime::bridge_in_place(host, net)?,
+        host_table: netfilter::dump().map_err(|e| Error::Netfilter {
+            ns: "host".into(),
+            source: e,
+        })?,
         host_sysctls: read_sysctls(&host_sysctls),
         instances: BTreeMap::new(),
     };
@@ -69,11 +84,6 @@ pub fn observe(
     Ok(observed)
 }
 
-fn link_ready(host: &Netns, net: &Network) -> Result<bool, Error> {
-    let _ = host;
-    Ok(link::link_exists(&net.bridge)?)
-}
-
 /// Carries out `plan`. Namespaces created on the way are added to `record.created_netns`.
 pub fn execute(
     host: &Netns,
@@ -87,7 +97,10 @@ pub fn execute(
     join_instances(host, net, plan, record)?;
     commit_namespace(None, &plan.host)?;
     for (id, ns_plan) in &plan.instances {
-        if matches!(plan.wiring.get(id), Some(Wiring::Remove { delete_netns: true })) {
+        if matches!(
+            plan.wiring.get(id),
+            Some(Wiring::Remove { delete_netns: true })
+        ) {
             continue;
         }
         commit_namespace(Some(id), ns_plan)?;
@@ -142,7 +155,10 @@ fn commit_namespace(instance: Option<&String>, p: &NsPlan) -> Result<(), Error> 
 }
 
 fn commit_here(ns: &str, p: &NsPlan) -> Result<(), Error> {
-    netfilter::commit(&p.table).map_err(|e| Error::Netfilter { ns: ns.to_string(), source: e })?;
+    netfilter::commit(&p.table).map_err(|e| Error::Netfilter {
+        ns: ns.to_string(),
+        source: e,
+    })?;
     for s in &p.sysctls {
         link::sysctl_set(&s.key, &s.to)?;
         log::info!("{ns}: set {} = {}", s.key, s.to);
@@ -170,5 +186,12 @@ pub fn plan_apply(
 ) -> Result<Plan, Error> {
     let observed = observe(host, net, Some(desired), &record.instances)?;
     let created: BTreeSet<String> = record.created_netns.iter().cloned().collect();
-    Ok(plan::diff(desired, &observed, &Record { instances: &record.instances, created_netns: &created }))
+    Ok(plan::diff(
+        desired,
+        &observed,
+        &Record {
+            instances: &record.instances,
+            created_netns: &created,
+        },
+    ))
 }

@@ -17,12 +17,23 @@ pub fn plan_lines(plan: &Plan, bridge: &str) -> Vec<String> {
     }
     for (id, w) in &plan.wiring {
         match w {
-            Wiring::Join { create_netns, address } => {
-                let what = if *create_netns { "netns (new)" } else { "netns" };
+            Wiring::Join {
+                create_netns,
+                address,
+            } => {
+                let what = if *create_netns {
+                    "netns (new)"
+                } else {
+                    "netns"
+                };
                 out.push(format!("+ {what} {id} {address} on {bridge}"));
             }
             Wiring::Remove { delete_netns } => {
-                let what = if *delete_netns { "netns" } else { "wiring of netns" };
+                let what = if *delete_netns {
+                    "netns"
+                } else {
+                    "wiring of netns"
+                };
                 out.push(format!("- {what} {id}"));
             }
         }
@@ -41,8 +52,18 @@ fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
     if p.table.create.is_some() {
         out.push(format!("+ {ns} table ip gearnat"));
     }
-    out.extend(p.table.remove.iter().map(|e| format!("- {ns} {}", element_text(e))));
-    out.extend(p.table.add.iter().map(|e| format!("+ {ns} {}", element_text(e))));
+    out.extend(
+        p.table
+            .remove
+            .iter()
+            .map(|e| format!("- {ns} {}", element_text(e))),
+    );
+    out.extend(
+        p.table
+            .add
+            .iter()
+            .map(|e| format!("+ {ns} {}", element_text(e))),
+    );
     for s in &p.sysctls {
         let from = s.from.as_deref().map_or("unset", str::trim);
         out.push(format!("~ {ns} sysctl {} {from} -> {}", s.key, s.to));
@@ -52,10 +73,17 @@ fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
 /// `tcp 6060 -> rockmongo-1 10.211.0.2:80` or `tcp 127.0.0.1:27017 -> 10.211.0.1:4000`.
 pub fn element_text(e: &Element) -> String {
     match e {
-        Element::Port { proto, host_port, target, owner } => {
+        Element::Port {
+            proto,
+            host_port,
+            target,
+            owner,
+        } => {
             format!("{proto} {host_port} -> {} {target}", owner.instance)
         }
-        Element::Link { proto, dial, via, .. } => format!("{proto} {dial} -> {via}"),
+        Element::Link {
+            proto, dial, via, ..
+        } => format!("{proto} {dial} -> {via}"),
     }
 }
 
@@ -81,11 +109,21 @@ pub fn plan_json(plan: &Plan) -> Value {
 
 pub fn element_json(e: &Element) -> Value {
     match e {
-        Element::Port { proto, host_port, target, owner } => json!({
+        Element::Port {
+            proto,
+            host_port,
+            target,
+            owner,
+        } => json!({
             "kind": "port", "proto": proto, "host_port": host_port,
             "target": target.to_string(), "deployment": owner.deployment, "instance": owner.instance,
         }),
-        Element::Link { proto, dial, via, owner } => json!({
+        Element::Link {
+            proto,
+            dial,
+            via,
+            owner,
+        } => json!({
             "kind": "link", "proto": proto, "dial": dial.to_string(), "via": via.to_string(),
             "deployment": owner.deployment, "instance": owner.instance,
         }),
@@ -97,8 +135,16 @@ pub fn mapping_lines(resolved: &Resolved) -> String {
     let mut out = String::new();
     for inst in &resolved.instances {
         for m in &inst.mappings {
-            let proto = if m.proto == crate::model::Proto::Tcp { String::new() } else { format!("/{}", m.proto) };
-            let _ = writeln!(out, "{}: PortMapping: {}{proto} -> {}", inst.id, m.internal, m.host_port);
+            let proto = if m.proto == crate::model::Proto::Tcp {
+                String::new()
+            } else {
+                format!("/{}", m.proto)
+            };
+            let _ = writeln!(
+                out,
+                "{}: PortMapping: {}{proto} -> {}",
+                inst.id, m.internal, m.host_port
+            );
         }
     }
     for inst in &resolved.instances {
@@ -106,7 +152,13 @@ pub fn mapping_lines(resolved: &Resolved) -> String {
             let _ = writeln!(
                 out,
                 "linking {}: {} -> {}:{} ({} {}:{})",
-                inst.id, l.dial, resolved.gateway, l.host_port, l.target_instance, l.proto, l.target_port
+                inst.id,
+                l.dial,
+                resolved.gateway,
+                l.host_port,
+                l.target_instance,
+                l.proto,
+                l.target_port
             );
         }
     }
@@ -144,7 +196,11 @@ pub fn paths(resolved: &Resolved, installed: &std::collections::BTreeSet<Element
             .collect();
         for m in &inst.mappings {
             let ok = held(&inst.id, m.proto, m.host_port);
-            let proto = if m.proto == crate::model::Proto::Tcp { String::new() } else { format!("{} ", m.proto) };
+            let proto = if m.proto == crate::model::Proto::Tcp {
+                String::new()
+            } else {
+                format!("{} ", m.proto)
+            };
             out.push(format!(
                 "Client -> {proto}{} -> {} {}{}{links}",
                 m.host_port,

@@ -101,6 +101,14 @@ pub fn ensure_bridge(host: &Netns, net: &Network) -> Result<bool, Error> {
     })
 }
 
+/// Removes the bridge (once no deployment is left on it). A missing bridge is no error.
+pub fn remove_bridge(host: &Netns, net: &Network) -> Result<bool, Error> {
+    in_host(host, || link::delete_link(&net.bridge))?.map_err(|source| Error::Bridge {
+        bridge: net.bridge.clone(),
+        source,
+    })
+}
+
 /// Is the bridge in place (true: [`ensure_bridge`] would change nothing)? Only reads.
 pub fn bridge_in_place(host: &Netns, net: &Network) -> Result<bool, Error> {
     in_host(host, || {

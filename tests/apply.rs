@@ -104,8 +104,14 @@ fn seed_public_port_and_link_carry_real_tcp() {
     let host = TestHost::new(tag);
     let file = write(&host, "seed.json", &seed(tag));
     let out = apply_ok(&host, &file);
-    assert!(out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")), "{out}");
-    assert!(out.contains(&format!("{tag}mongodb-1: PortMapping: 27017 -> 4000")), "{out}");
+    assert!(
+        out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{tag}mongodb-1: PortMapping: 27017 -> 4000")),
+        "{out}"
+    );
     assert!(out.contains("127.0.0.1:27017 -> 10.211.0.1:4000"), "{out}");
 
     let rock = format!("{tag}rockmongo-1");
@@ -124,9 +130,21 @@ fn seed_public_port_and_link_carry_real_tcp() {
         if !set_bridge_nf(host.host_ns(), bridge_nf) {
             eprintln!("br_netfilter sysctl not available; testing with the kernel's default only");
         }
-        assert_eq!(reach(&rock, "127.0.0.1:27017"), "mongodb", "bridge-nf {bridge_nf}");
-        assert_eq!(reach(&mongo, "192.0.2.1:6060"), "rockmongo", "bridge-nf {bridge_nf}");
-        assert_eq!(reach(&mongo, "10.211.0.1:6060"), "rockmongo", "bridge-nf {bridge_nf}");
+        assert_eq!(
+            reach(&rock, "127.0.0.1:27017"),
+            "mongodb",
+            "bridge-nf {bridge_nf}"
+        );
+        assert_eq!(
+            reach(&mongo, "192.0.2.1:6060"),
+            "rockmongo",
+            "bridge-nf {bridge_nf}"
+        );
+        assert_eq!(
+            reach(&mongo, "10.211.0.1:6060"),
+            "rockmongo",
+            "bridge-nf {bridge_nf}"
+        );
     }
 
     // Packets for 127/8 from outside are dropped (CVE-2020-8558), in host and instance alike.
@@ -216,7 +234,10 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
     let out = run(&host, &["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut changes: Vec<&str> = text.lines().filter(|l| !l.starts_with("deployment")).collect();
+    let mut changes: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("deployment"))
+        .collect();
     changes.sort();
     let mut expected = vec![
         format!("- netns {rock2}"),
@@ -233,9 +254,15 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
     unreachable(host.client_ns(), "192.0.2.1:4000");
     unreachable(host.client_ns(), "192.0.2.1:4001");
     let ruleset = nft_list(host.host_ns());
-    assert!(!ruleset.contains(&rock2) && !ruleset.contains(" 4001 "), "{ruleset}");
+    assert!(
+        !ruleset.contains(&rock2) && !ruleset.contains(" 4001 "),
+        "{ruleset}"
+    );
     assert!(!PathBuf::from("/run/netns").join(&rock2).exists());
-    assert!(!nft_list(&rock1).contains("gearnat"), "the link table is left in {rock1}");
+    assert!(
+        !nft_list(&rock1).contains("gearnat"),
+        "the link table is left in {rock1}"
+    );
     let out = run(&host, &["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
 }
@@ -250,12 +277,18 @@ fn a_foreign_table_is_untouched_from_apply_to_down() {
     let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 9999 counter drop\n\t}\n}\n";
     let nft = |args: &[&str], stdin: Option<&str>| {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", host.host_ns(), "nft"]).args(args);
+        cmd.args(["netns", "exec", host.host_ns(), "nft"])
+            .args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         if let Some(text) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
         }
         drop(child.stdin.take());
         String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
@@ -271,7 +304,10 @@ fn a_foreign_table_is_untouched_from_apply_to_down() {
     fs::write(&file, changed).unwrap();
     apply_ok(&host, &file);
     assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
-    assert_eq!(run(&host, &["down", file.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(
+        run(&host, &["down", file.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
     assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
 }
 
@@ -289,21 +325,40 @@ fn bad_files_change_nothing() {
     let snapshot = || (nft_list(host.host_ns()), state_files(&host));
     let before = snapshot();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/deployments/bad");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 10, "bad files in {}", dir.display());
     for bad in files {
         for command in ["apply", "diff"] {
             let out = run(&host, &[command, bad.to_str().unwrap()]);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{command} {}: {stderr}", bad.display());
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} {}: {stderr}",
+                bad.display()
+            );
             let shown = bad.file_name().unwrap().to_str().unwrap();
-            assert!(stderr.contains(shown), "message does not name the file: {stderr}");
-            assert_eq!(snapshot(), before, "{command} {} changed something", bad.display());
+            assert!(
+                stderr.contains(shown),
+                "message does not name the file: {stderr}"
+            );
+            assert_eq!(
+                snapshot(),
+                before,
+                "{command} {} changed something",
+                bad.display()
+            );
         }
     }
     // A deployment claiming a port another deployment holds is refused the same way.
-    let other = seed(tag).replace(&format!("\"IdPrefix\": \"{tag}\""), "\"IdPrefix\": \"ga05x\"");
+    let other = seed(tag).replace(
+        &format!("\"IdPrefix\": \"{tag}\""),
+        "\"IdPrefix\": \"ga05x\"",
+    );
     let other = write(&host, "other.json", &other);
     let out = run(&host, &["apply", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -338,7 +393,10 @@ fn the_kernel_holds_the_golden_ruleset() {
     }
     // The seed has no IdPrefix: its instances are /run/netns/rockmongo-1 and mongodb-1.
     let instances = ["rockmongo-1", "mongodb-1"];
-    if instances.iter().any(|n| PathBuf::from("/run/netns").join(n).exists()) {
+    if instances
+        .iter()
+        .any(|n| PathBuf::from("/run/netns").join(n).exists())
+    {
         eprintln!("skipped: a namespace named rockmongo-1 or mongodb-1 exists already");
         return;
     }
@@ -352,9 +410,22 @@ fn the_kernel_holds_the_golden_ruleset() {
     let blocks = common::nft_blocks(&golden);
     assert_eq!(blocks.len(), 2, "a host block and rockmongo-1's");
     for (ns, text) in blocks {
-        let target = if ns == "host" { host.host_ns().to_string() } else { ns.clone() };
+        let target = if ns == "host" {
+            host.host_ns().to_string()
+        } else {
+            ns.clone()
+        };
         let scratch = common::Scratch::new(&format!("{tag}-s"));
-        assert_eq!(common::nft_table(&target), scratch.load_and_list(&text), "namespace {ns}");
+        assert_eq!(
+            common::nft_table(&target),
+            scratch.load_and_list(&text),
+            "namespace {ns}"
+        );
     }
-    assert_eq!(run(&host, &["down", "--name", "rockmongo_mongodb"]).status.code(), Some(0));
+    assert_eq!(
+        run(&host, &["down", "--name", "rockmongo_mongodb"])
+            .status
+            .code(),
+        Some(0)
+    );
 }
