@@ -39,8 +39,9 @@ fn seed(tag: &str) -> String {
     )
 }
 
-fn write(host: &TestHost, name: &str, text: &str) -> PathBuf {
-    let path = host.state_dir().parent().unwrap().join(name);
+/// Writes a deployment file into the test's own folder.
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
     fs::write(&path, text).unwrap();
     path
 }
@@ -100,9 +101,11 @@ fn seed_public_port_and_link_carry_real_tcp() {
     if !require_root() {
         return;
     }
-    let tag = "ga01";
-    let host = TestHost::new(tag);
-    let file = write(&host, "seed.json", &seed(tag));
+    let host = TestHost::new("ga01");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "seed.json", &seed(tag));
     let out = apply_ok(&host, &file);
     assert!(
         out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")),
@@ -189,9 +192,11 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
     if !require_root() {
         return;
     }
-    let tag = "ga02";
-    let host = TestHost::new(tag);
-    let file = write(&host, "seed.json", &seed(tag));
+    let host = TestHost::new("ga02");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "seed.json", &seed(tag));
     apply_ok(&host, &file);
     let rock = format!("{tag}rockmongo-1");
 
@@ -210,13 +215,15 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
     if !require_root() {
         return;
     }
-    let tag = "ga03";
-    let host = TestHost::new(tag);
+    let host = TestHost::new("ga03");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
     let two = seed(tag).replacen("\"count\":1", "\"count\":2", 1).replace(
         "\"publicports\":[{\"internal\":80,\"external\":6060}]",
         "\"publicports\":[{\"internal\":80}]",
     );
-    let file = write(&host, "dep.json", &two);
+    let file = write(&files, "dep.json", &two);
     apply_ok(&host, &file);
     let rock1 = format!("{tag}rockmongo-1");
     let rock2 = format!("{tag}rockmongo-2");
@@ -272,8 +279,10 @@ fn a_foreign_table_is_untouched_from_apply_to_down() {
     if !require_root() {
         return;
     }
-    let tag = "ga04";
-    let host = TestHost::new(tag);
+    let host = TestHost::new("ga04");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
     let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 9999 counter drop\n\t}\n}\n";
     let nft = |args: &[&str], stdin: Option<&str>| {
         let mut cmd = Command::new("ip");
@@ -297,7 +306,7 @@ fn a_foreign_table_is_untouched_from_apply_to_down() {
     let before = nft(&["list", "table", "inet", "filter"], None);
     assert!(before.contains("tcp dport 9999"), "{before}");
 
-    let file = write(&host, "seed.json", &seed(tag));
+    let file = write(&files, "seed.json", &seed(tag));
     apply_ok(&host, &file);
     assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
     let changed = seed(tag).replace("\"external\":6060", "\"external\":6061");
@@ -318,9 +327,11 @@ fn bad_files_change_nothing() {
     if !require_root() {
         return;
     }
-    let tag = "ga05";
-    let host = TestHost::new(tag);
-    let file = write(&host, "seed.json", &seed(tag));
+    let host = TestHost::new("ga05");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "seed.json", &seed(tag));
     apply_ok(&host, &file);
     let snapshot = || (nft_list(host.host_ns()), state_files(&host));
     let before = snapshot();
@@ -357,9 +368,9 @@ fn bad_files_change_nothing() {
     // A deployment claiming a port another deployment holds is refused the same way.
     let other = seed(tag).replace(
         &format!("\"IdPrefix\": \"{tag}\""),
-        "\"IdPrefix\": \"ga05x\"",
+        &format!("\"IdPrefix\": \"{tag}o\""),
     );
-    let other = write(&host, "other.json", &other);
+    let other = write(&files, "other.json", &other);
     let out = run(&host, &["apply", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("held by deployment seed"));
@@ -400,8 +411,10 @@ fn the_kernel_holds_the_golden_ruleset() {
         eprintln!("skipped: a namespace named rockmongo-1 or mongodb-1 exists already");
         return;
     }
-    let tag = "ga06";
-    let host = TestHost::new(tag);
+    let host = TestHost::new("ga06");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
     let _cleanup = common::NetnsGuard(instances.iter().map(|s| s.to_string()).collect());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let golden = fs::read_to_string(root.join("nft/rockmongo_mongodb.nft")).unwrap();
@@ -415,7 +428,7 @@ fn the_kernel_holds_the_golden_ruleset() {
         } else {
             ns.clone()
         };
-        let scratch = common::Scratch::new(&format!("{tag}-s"));
+        let scratch = common::Scratch::new(&format!("{tag}s"));
         assert_eq!(
             common::nft_table(&target),
             scratch.load_and_list(&text),

@@ -350,3 +350,5 @@ pub fn udp_request(
     })
     .map_err(io::Error::other)?
 }
+mod nft;
+pub use nft::*;
