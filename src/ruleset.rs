@@ -59,7 +59,11 @@ pub struct Ipv4Net {
 
 impl Ipv4Net {
     pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
     }
 
     pub fn network(&self) -> Ipv4Addr {
@@ -81,8 +85,12 @@ impl std::str::FromStr for Ipv4Net {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} has no /prefix"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is no IPv4 address"))?;
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} has no /prefix"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is no IPv4 address"))?;
         let prefix: u8 = prefix
             .parse()
             .ok()
@@ -116,7 +124,10 @@ impl Owner {
         if deployment.is_empty() || instance.is_empty() || instance.contains('/') {
             return None;
         }
-        Some(Owner { deployment: deployment.to_string(), instance: instance.to_string() })
+        Some(Owner {
+            deployment: deployment.to_string(),
+            instance: instance.to_string(),
+        })
     }
 }
 
@@ -124,9 +135,19 @@ impl Owner {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Element {
     /// Host: `proto dport host_port` is DNATed to `target` (an instance's address and port).
-    Port { proto: Proto, host_port: u16, target: SocketAddrV4, owner: Owner },
+    Port {
+        proto: Proto,
+        host_port: u16,
+        target: SocketAddrV4,
+        owner: Owner,
+    },
     /// Instance: traffic to `dial` (e.g. 127.0.0.1:27017) is DNATed to `via` (host:4000).
-    Link { proto: Proto, dial: SocketAddrV4, via: SocketAddrV4, owner: Owner },
+    Link {
+        proto: Proto,
+        dial: SocketAddrV4,
+        via: SocketAddrV4,
+        owner: Owner,
+    },
 }
 
 impl Element {
