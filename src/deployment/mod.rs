@@ -159,6 +159,22 @@ pub fn parse(source: &str, file: &str, name: &str) -> Result<Deployment, Deploym
 
 pub use model::Deployment;
 
+/// Reads a deployment file's text into its raw form, checking syntax, keys and types but not
+/// meaning: for writing the file back (geard's output form), never for deploying.
+pub fn parse_raw(source: &str, file: &str) -> Result<raw::RawDeployment, DeploymentError> {
+    let (tree, mut problems) = json::read(source);
+    let Some(tree) = tree else {
+        return Err(DeploymentError::invalid(file, problems));
+    };
+    let (raw, raw_problems, _) = raw::build(&tree);
+    problems.extend(raw_problems);
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(DeploymentError::invalid(file, problems))
+    }
+}
+
 fn parse_checked(source: &str, file: &str, name: String) -> Result<Deployment, DeploymentError> {
     let (tree, mut problems) = json::read(source);
     let Some(tree) = tree else {

@@ -211,6 +211,13 @@ impl Builder {
         Some(Fields { found })
     }
 
+    /// Reports a key that must be there; `message` says what is missing and how to add it.
+    fn require(&mut self, f: &Fields, i: usize, pos: Pos, message: &str) {
+        if f.get(i).is_none() {
+            self.problem(pos, message.to_string());
+        }
+    }
+
     fn string(&mut self, node: Option<&Node>, what: &str) -> Option<Spanned<String>> {
         let node = node?;
         match &node.value {
@@ -307,14 +314,19 @@ impl Builder {
         let containers = self.array(f.get(0), "Containers", Some(limit));
         let instances = self.array(f.get(1), "Instances", None);
         RawDeployment {
-            containers: containers.iter().map(|c| self.container(c)).collect(),
-            instances: instances.iter().map(|i| self.instance(i)).collect(),
+            containers: containers
+                .iter()
+                .filter_map(|c| self.container(c))
+                .collect(),
+            instances: instances.iter().filter_map(|i| self.instance(i)).collect(),
             id_prefix: self.string(f.get(2), "IdPrefix"),
             randomize_ids: self.bool(f.get(3), "RandomizeIds"),
         }
     }
 
-    fn container(&mut self, node: &Node) -> RawContainer {
+    // Entries that are not objects are reported by `object` and left out, so that nothing
+    // more is said about them.
+    fn container(&mut self, node: &Node) -> Option<RawContainer> {
         const KEYS: &[&str] = &[
             "Name",
             "Image",
@@ -324,118 +336,120 @@ impl Builder {
             "Environment",
             "Affinity",
         ];
+        let f = self.object(node, "a container", KEYS)?;
+        let missing = "a container without a Name; add one, such as \"Name\": \"web\"";
+        self.require(&f, 0, node.pos, missing);
         let mut c = RawContainer {
             pos: node.pos,
+            name: self.string(f.get(0), "Name"),
+            image: self.string(f.get(1), "Image"),
+            count: self.int(f.get(2), "Count"),
             ..Default::default()
         };
-        let Some(f) = self.object(node, "a container", KEYS) else {
-            return c;
-        };
-        c.name = self.string(f.get(0), "Name");
-        c.image = self.string(f.get(1), "Image");
-        c.count = self.int(f.get(2), "Count");
         let limit = (MAX_PUBLIC_PORTS, "split the container into several");
         for p in self.array(f.get(3), "PublicPorts", Some(limit)) {
-            c.public_ports.push(self.public_port(p));
+            c.public_ports.extend(self.public_port(p));
         }
         for l in self.array(f.get(4), "Links", None) {
-            c.links.push(self.link(l));
+            c.links.extend(self.link(l));
         }
         c.environment = self.environment(f.get(5));
         c.affinity = self.string(f.get(6), "Affinity");
-        c
+        Some(c)
     }
 
-    fn public_port(&mut self, node: &Node) -> RawPublicPort {
+    fn public_port(&mut self, node: &Node) -> Option<RawPublicPort> {
         const KEYS: &[&str] = &["Internal", "External", "Protocol"];
-        let mut p = RawPublicPort {
+        let f = self.object(node, "a public port", KEYS)?;
+        let missing = "a public port without Internal; add the port the instance listens on, \
+                       such as \"Internal\": 8080";
+        self.require(&f, 0, node.pos, missing);
+        Some(RawPublicPort {
             pos: node.pos,
-            ..Default::default()
-        };
-        if let Some(f) = self.object(node, "a public port", KEYS) {
-            p.internal = self.int(f.get(0), "Internal");
-            p.external = self.int(f.get(1), "External");
-            p.protocol = self.string(f.get(2), "Protocol");
-        }
-        p
+            internal: self.int(f.get(0), "Internal"),
+            external: self.int(f.get(1), "External"),
+            protocol: self.string(f.get(2), "Protocol"),
+        })
     }
 
-    fn link(&mut self, node: &Node) -> RawLink {
+    fn link(&mut self, node: &Node) -> Option<RawLink> {
         const KEYS: &[&str] = &["To", "NonLocal", "MatchPort", "Ports", "AliasPorts"];
+        let f = self.object(node, "a link", KEYS)?;
+        let missing = "a link without To; add the name of the container to link to, such as \
+                       \"To\": \"db\"";
+        self.require(&f, 0, node.pos, missing);
         let mut l = RawLink {
             pos: node.pos,
+            to: self.string(f.get(0), "To"),
+            non_local: self.bool(f.get(1), "NonLocal"),
+            match_port: self.bool(f.get(2), "MatchPort"),
             ..Default::default()
         };
-        let Some(f) = self.object(node, "a link", KEYS) else {
-            return l;
-        };
-        l.to = self.string(f.get(0), "To");
-        l.non_local = self.bool(f.get(1), "NonLocal");
-        l.match_port = self.bool(f.get(2), "MatchPort");
         for p in self.array(f.get(3), "Ports", None) {
-            if let Some(p) = self.int(Some(p), "a port in Ports") {
-                l.ports.push(p);
-            }
+            l.ports.extend(self.int(Some(p), "a port in Ports"));
         }
         for a in self.array(f.get(4), "AliasPorts", None) {
-            let mut alias = RawAliasPort {
-                pos: a.pos,
-                ..Default::default()
-            };
             if let Some(f) = self.object(a, "an alias port", &["Internal", "External"]) {
-                alias.internal = self.int(f.get(0), "Internal");
-                alias.external = self.int(f.get(1), "External");
+                let missing = "an alias port without Internal; add the target's port, such as \
+                               \"Internal\": 27017";
+                self.require(&f, 0, a.pos, missing);
+                l.alias_ports.push(RawAliasPort {
+                    pos: a.pos,
+                    internal: self.int(f.get(0), "Internal"),
+                    external: self.int(f.get(1), "External"),
+                });
             }
-            l.alias_ports.push(alias);
         }
-        l
+        Some(l)
     }
 
     fn environment(&mut self, node: Option<&Node>) -> Vec<RawEnv> {
         let mut out = Vec::new();
         for e in self.array(node, "Environment", None) {
-            let mut env = RawEnv {
-                pos: e.pos,
-                ..Default::default()
-            };
             if let Some(f) = self.object(e, "an environment variable", &["Name", "Value"]) {
-                env.name = self.string(f.get(0), "Name");
-                env.value = self.string(f.get(1), "Value");
+                self.require(
+                    &f,
+                    0,
+                    e.pos,
+                    "an environment variable without a Name; add one",
+                );
+                out.push(RawEnv {
+                    pos: e.pos,
+                    name: self.string(f.get(0), "Name"),
+                    value: self.string(f.get(1), "Value"),
+                });
             }
-            out.push(env);
         }
         out
     }
 
-    fn instance(&mut self, node: &Node) -> RawInstance {
+    fn instance(&mut self, node: &Node) -> Option<RawInstance> {
         const KEYS: &[&str] = &["Id", "Image", "From", "On", "Ports", "Environment"];
+        let f = self.object(node, "an instance", KEYS)?;
         let mut i = RawInstance {
             pos: node.pos,
-            ..Default::default()
+            id: self.string(f.get(0), "Id"),
+            image: self.string(f.get(1), "Image"),
+            from: self.string(f.get(2), "From"),
+            on: self.any(f.get(3)),
+            ports: Vec::new(),
+            environment: self.any(f.get(5)),
         };
-        let Some(f) = self.object(node, "an instance", KEYS) else {
-            return i;
-        };
-        i.id = self.string(f.get(0), "Id");
-        i.image = self.string(f.get(1), "Image");
-        i.from = self.string(f.get(2), "From");
-        i.on = self.any(f.get(3));
         for p in self.array(f.get(4), "Ports", None) {
-            let mut port = RawInstancePort {
-                pos: p.pos,
-                ..Default::default()
-            };
             let keys = &["Internal", "External", "Protocol", "Target"];
             if let Some(f) = self.object(p, "an instance port", keys) {
-                port.internal = self.int(f.get(0), "Internal");
-                port.external = self.int(f.get(1), "External");
-                port.protocol = self.string(f.get(2), "Protocol");
-                port.target = self.any(f.get(3));
+                let missing = "an instance port without Internal; add it or remove the entry";
+                self.require(&f, 0, p.pos, missing);
+                i.ports.push(RawInstancePort {
+                    pos: p.pos,
+                    internal: self.int(f.get(0), "Internal"),
+                    external: self.int(f.get(1), "External"),
+                    protocol: self.string(f.get(2), "Protocol"),
+                    target: self.any(f.get(3)),
+                });
             }
-            i.ports.push(port);
         }
-        i.environment = self.any(f.get(5));
-        i
+        Some(i)
     }
 }
 

@@ -176,10 +176,8 @@ impl Validator {
             Some(n) => n.value as u32,
         };
         match &c.name {
-            None => self.problem(
-                c.pos,
-                "a container without a Name; add one, such as \"Name\": \"web\"",
-            ),
+            // A missing Name was reported with the raw file.
+            None => {}
             Some(n) if n.value.is_empty() => self.problem(
                 n.pos,
                 "the container's Name is empty; give it a name, such as \"web\"",
@@ -309,11 +307,7 @@ impl Validator {
 
     fn public_port(&mut self, p: &RawPublicPort) -> Option<PublicPort> {
         let Some(internal) = &p.internal else {
-            self.problem(
-                p.pos,
-                "a public port without Internal; add the port the instance listens on, such as \
-                 \"Internal\": 8080",
-            );
+            // Reported with the raw file.
             return None;
         };
         let internal = self.port(internal, PORT_RANGE);
@@ -396,10 +390,7 @@ impl Validator {
         let mut out = Vec::new();
         for e in &c.environment {
             let name = match &e.name {
-                None => {
-                    self.problem(e.pos, "an environment variable without a Name; add one");
-                    continue;
-                }
+                None => continue, // reported with the raw file
                 Some(n) if n.value.trim().is_empty() => {
                     self.problem(
                         n.pos,
@@ -449,11 +440,7 @@ impl Validator {
         l: &RawLink,
     ) -> Option<Link> {
         let Some(to) = &l.to else {
-            self.problem(
-                l.pos,
-                "a link without To; add the name of the container to link to, such as \"To\": \
-                 \"db\"",
-            );
+            // Reported with the raw file.
             return None;
         };
         let Some(target) = raw
@@ -564,11 +551,7 @@ impl Validator {
     /// An alias: (the target's internal port, the port the source dials if not the same).
     fn alias_port(&mut self, a: &RawAliasPort, target: &Container) -> Option<(u16, Option<u16>)> {
         let Some(internal) = &a.internal else {
-            self.problem(
-                a.pos,
-                "an alias port without Internal; add the target's port, such as \"Internal\": \
-                 27017",
-            );
+            // Reported with the raw file.
             return None;
         };
         let internal = self.linked_port(internal, target, "in AliasPorts");
@@ -666,10 +649,7 @@ impl Validator {
         let mut out: Vec<(u16, Proto, u16, Pos)> = Vec::new();
         for p in &inst.ports {
             let Some(internal) = &p.internal else {
-                self.problem(
-                    p.pos,
-                    "an instance port without Internal; add it or remove the entry",
-                );
+                // Reported with the raw file.
                 continue;
             };
             let internal = self.port(internal, PORT_RANGE);
