@@ -366,10 +366,7 @@ fn bad_files_change_nothing() {
         }
     }
     // A deployment claiming a port another deployment holds is refused the same way.
-    let other = seed(tag).replace(
-        &format!("\"IdPrefix\": \"{tag}\""),
-        &format!("\"IdPrefix\": \"{tag}o\""),
-    );
+    let other = seed(tag).replace("\"rockmongo\"", "\"web\"").replace("mongodb", "db");
     let other = write(&files, "other.json", &other);
     let out = run(&host, &["apply", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
