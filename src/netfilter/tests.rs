@@ -1,0 +1,370 @@
+//! Kernel tests: each runs on its own thread inside a private network namespace, which the
+//! kernel frees with the thread, so nothing outside it is touched even when a test fails. They
+//! need root (CAP_SYS_ADMIN for the namespace, CAP_NET_ADMIN for nf_tables) and `nft`, and say
+//! so when skipped.
+
+use std::net::SocketAddrV4;
+use std::process::Command;
+use std::time::Instant;
+
+use super::*;
+use crate::model::Proto;
+use crate::ruleset::{Element, Layout, Owner, TableChange};
+
+/// Runs `f` on a fresh thread in a fresh network namespace; `None` when not root.
+fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: kernel tests need root to create network namespaces");
+        return None;
+    }
+    let thread = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) on a test thread");
+        f()
+    });
+    Some(
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+    )
+}
+
+/// Runs nft with `args` (and `stdin`) in the calling thread's namespace; its stdout.
+fn nft(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running nft");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?} failed: {}\ninput:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stdin.unwrap_or("")
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn host_layout() -> Layout {
+    Layout::Host {
+        pool: "10.211.0.0/16".parse().unwrap(),
+    }
+}
+
+fn owner(deployment: &str, instance: &str) -> Owner {
+    Owner {
+        deployment: deployment.into(),
+        instance: instance.into(),
+    }
+}
+
+fn port(proto: Proto, host_port: u16, target: &str, instance: &str) -> Element {
+    Element::Port {
+        proto,
+        host_port,
+        target: target.parse().unwrap(),
+        owner: owner("seed", instance),
+    }
+}
+
+fn link(proto: Proto, dial: &str, via: &str, instance: &str) -> Element {
+    let (dial, via): (SocketAddrV4, SocketAddrV4) = (dial.parse().unwrap(), via.parse().unwrap());
+    Element::Link {
+        proto,
+        dial,
+        via,
+        owner: owner("seed", instance),
+    }
+}
+
+fn host_elements() -> Vec<Element> {
+    vec![
+        port(Proto::Tcp, 6060, "10.211.0.2:80", "rockmongo-1"),
+        port(Proto::Tcp, 6061, "10.211.0.3:80", "rockmongo-2"),
+        port(Proto::Udp, 5353, "10.211.0.4:53", "dns-1"),
+    ]
+}
+
+fn instance_elements() -> Vec<Element> {
+    vec![
+        link(Proto::Tcp, "127.0.0.1:27017", "10.211.0.1:4000", "web-1"),
+        link(Proto::Tcp, "127.0.0.2:27017", "10.211.0.1:4001", "web-1"),
+        link(Proto::Udp, "127.0.0.1:53", "10.211.0.1:5353", "web-1"),
+    ]
+}
+
+fn create(layout: Layout, add: Vec<Element>) -> TableChange {
+    TableChange {
+        create: Some(layout),
+        add,
+        ..TableChange::default()
+    }
+}
+
+fn sorted(mut elements: Vec<Element>) -> Vec<Element> {
+    elements.sort();
+    elements
+}
+
+#[test]
+fn empty_namespace_has_no_table_and_empty_change_sends_nothing() {
+    in_netns(|| {
+        assert_eq!(dump().unwrap(), None);
+        commit(&TableChange::default()).unwrap();
+        assert_eq!(dump().unwrap(), None);
+    });
+}
+
+#[test]
+fn host_round_trip_add_remove_delete() {
+    in_netns(|| {
+        let layout = host_layout();
+        commit(&create(layout, host_elements())).unwrap();
+        let actual = dump().unwrap().expect("table after create");
+        assert_eq!(actual.comment.as_deref(), Some(layout.comment().as_str()));
+        assert_eq!(actual.elements, sorted(host_elements()));
+        assert_eq!(actual.unowned, 0);
+
+        // nft sees the comments where it shows them.
+        let listed = nft(&["list", "table", "ip", "gearnat"], None);
+        assert!(
+            listed.contains("comment \"gearnat r1 host pool 10.211.0.0/16\""),
+            "{listed}"
+        );
+        assert!(listed.contains("6060 comment \"gearnat:seed/rockmongo-1\" : 10.211.0.2 . 80"));
+
+        let removed = host_elements()[..2].to_vec();
+        let added = vec![port(Proto::Tcp, 7000, "10.211.0.9:8080", "api-1")];
+        let change = TableChange {
+            remove: removed,
+            add: added.clone(),
+            ..TableChange::default()
+        };
+        commit(&change).unwrap();
+        let mut expected = vec![host_elements()[2].clone()];
+        expected.extend(added);
+        assert_eq!(dump().unwrap().unwrap().elements, sorted(expected));
+
+        commit(&TableChange {
+            delete_table: true,
+            ..TableChange::default()
+        })
+        .unwrap();
+        assert_eq!(dump().unwrap(), None);
+    });
+}
+
+#[test]
+fn instance_round_trip_and_replace() {
+    in_netns(|| {
+        commit(&create(Layout::Instance, instance_elements())).unwrap();
+        let actual = dump().unwrap().unwrap();
+        assert_eq!(actual.comment.as_deref(), Some("gearnat r1 instance"));
+        assert_eq!(actual.elements, sorted(instance_elements()));
+
+        // Replacing the table as a whole in one batch.
+        let change = TableChange {
+            delete_table: true,
+            create: Some(host_layout()),
+            add: host_elements(),
+            ..TableChange::default()
+        };
+        commit(&change).unwrap();
+        let actual = dump().unwrap().unwrap();
+        assert_eq!(actual.comment, Some(host_layout().comment()));
+        assert_eq!(actual.elements, sorted(host_elements()));
+    });
+}
+
+#[test]
+fn foreign_tables_and_unowned_elements() {
+    in_netns(|| {
+        let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport 22 accept\n\t}\n}\n";
+        nft(&["-f", "-"], Some(foreign));
+        let before = nft(&["list", "table", "inet", "filter"], None);
+
+        commit(&create(host_layout(), host_elements())).unwrap();
+        nft(
+            &[
+                "add",
+                "element",
+                "ip",
+                "gearnat",
+                "tcp_ports",
+                "{ 9999 : 10.0.0.1 . 1 }",
+            ],
+            None,
+        );
+        let hand = "{ 9998 comment \"by hand\" : 10.0.0.1 . 2 }";
+        nft(
+            &["add", "element", "ip", "gearnat", "tcp_ports", hand],
+            None,
+        );
+        let actual = dump().unwrap().unwrap();
+        assert_eq!(actual.elements, sorted(host_elements()));
+        assert_eq!(actual.unowned, 2);
+
+        commit(&TableChange {
+            delete_table: true,
+            ..TableChange::default()
+        })
+        .unwrap();
+        assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
+    });
+}
+
+#[test]
+fn failing_batch_changes_nothing() {
+    in_netns(|| {
+        commit(&create(host_layout(), host_elements())).unwrap();
+        let before = dump().unwrap();
+        let listed = nft(&["list", "ruleset"], None);
+
+        let new = port(Proto::Udp, 5000, "10.211.0.8:5000", "new-1");
+        let existing = host_elements()[1].clone();
+        let change = TableChange {
+            remove: vec![host_elements()[0].clone()],
+            add: vec![new, existing],
+            ..TableChange::default()
+        };
+        let error = commit(&change).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "adding element tcp_ports 6061 (gearnat:seed/rockmongo-2): File exists"
+        );
+        assert_eq!(dump().unwrap(), before);
+        assert_eq!(nft(&["list", "ruleset"], None), listed);
+
+        // Removing what is not there fails too, and names it.
+        let missing = port(Proto::Tcp, 1, "10.211.0.8:1", "gone-1");
+        let change = TableChange {
+            remove: vec![missing],
+            ..TableChange::default()
+        };
+        let error = commit(&change).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "removing element tcp_ports 1 (gearnat:seed/gone-1): No such file or directory"
+        );
+
+        // Creating a table that exists is refused as a whole, with its elements.
+        let error = commit(&create(host_layout(), vec![])).unwrap_err();
+        assert!(matches!(error, Error::CreateTable { .. }), "{error}");
+        assert_eq!(dump().unwrap(), before);
+    });
+}
+
+fn many_ports(n: u16) -> Vec<Element> {
+    (0..n)
+        .map(|i| {
+            let proto = if i % 2 == 0 { Proto::Tcp } else { Proto::Udp };
+            let target =
+                SocketAddrV4::new([10, 211, (i / 250) as u8, (i % 250) as u8 + 2].into(), 80);
+            Element::Port {
+                proto,
+                host_port: 40000 + i,
+                target,
+                owner: owner("bench", &format!("web-{}", i + 1)),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_elements() {
+    in_netns(|| {
+        let elements = many_ports(10_000);
+        let change = create(host_layout(), elements.clone());
+        let start = Instant::now();
+        commit(&change).unwrap();
+        let committed = start.elapsed();
+        let start = Instant::now();
+        let actual = dump().unwrap().unwrap();
+        let dumped = start.elapsed();
+        eprintln!("10,000 elements: commit {committed:?}, dump {dumped:?}");
+        assert_eq!(actual.elements, sorted(elements.clone()));
+
+        // Remove half and add another 5,000, in one batch.
+        let more: Vec<Element> = many_ports(15_000).split_off(10_000);
+        let change = TableChange {
+            remove: elements[..5000].to_vec(),
+            add: more.clone(),
+            ..TableChange::default()
+        };
+        let start = Instant::now();
+        commit(&change).unwrap();
+        eprintln!("remove 5,000 and add 5,000: {:?}", start.elapsed());
+        let mut expected = elements[5000..].to_vec();
+        expected.extend(more);
+        assert_eq!(dump().unwrap().unwrap().elements, sorted(expected));
+    });
+}
+
+/// The same table loaded by `nft -f` from `render` and committed over netlink lists the same.
+fn golden(layout: Layout, elements: Vec<Element>) {
+    let text = render(&layout, &elements);
+    let by_nft = in_netns(move || {
+        nft(&["-f", "-"], Some(&text));
+        nft(&["list", "table", "ip", "gearnat"], None)
+    });
+    let by_commit = in_netns(move || {
+        commit(&create(layout, elements)).unwrap();
+        nft(&["list", "table", "ip", "gearnat"], None)
+    });
+    if let (Some(by_nft), Some(by_commit)) = (by_nft, by_commit) {
+        assert_eq!(by_commit, by_nft);
+    }
+}
+
+#[test]
+fn golden_host() {
+    golden(host_layout(), host_elements());
+}
+
+#[test]
+fn golden_host_odd_pool() {
+    golden(
+        Layout::Host {
+            pool: "172.20.16.0/20".parse().unwrap(),
+        },
+        vec![],
+    );
+    golden(
+        Layout::Host {
+            pool: "10.9.8.0/24".parse().unwrap(),
+        },
+        host_elements(),
+    );
+}
+
+#[test]
+fn golden_instance() {
+    golden(Layout::Instance, instance_elements());
+}
+
+/// Also the other way round: what `commit` wrote, nft reads and dumps as the same rules nft
+/// would write (`nft --debug=netlink` prints the kernel's expressions).
+#[test]
+fn golden_expressions() {
+    for layout in [host_layout(), Layout::Instance] {
+        let text = render(&layout, &[]);
+        let by_nft = in_netns(move || {
+            nft(&["-f", "-"], Some(&text));
+            nft(&["--debug=netlink", "list", "table", "ip", "gearnat"], None)
+        });
+        let by_commit = in_netns(move || {
+            commit(&create(layout, vec![])).unwrap();
+            nft(&["--debug=netlink", "list", "table", "ip", "gearnat"], None)
+        });
+        if let (Some(by_nft), Some(by_commit)) = (by_nft, by_commit) {
+            assert_eq!(by_commit, by_nft);
+        }
+    }
+}
