@@ -283,7 +283,7 @@ impl<'a> Batch<'a> {
                 let culprit = at.and_then(|at| elements.iter().find(|(r, _)| r.contains(&at)));
                 let element = match culprit {
                     Some((_, element)) => describe(element),
-                    None => format!("{map} (one of {} in one message)", elements.len()),
+                    None => format!("in map {map} ({} sent together)", elements.len()),
                 };
                 if *add {
                     Error::AddElement { element, errno }

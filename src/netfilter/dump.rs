@@ -27,10 +27,15 @@ pub fn dump() -> Result<Option<ActualTable>, Error> {
     };
     for attempt in 1..=ATTEMPTS {
         let before = conn.generation()?;
-        let table = conn.table()?;
+        let table = conn.table();
         let after = conn.generation()?;
         if before == after {
-            return Ok(table);
+            return table;
+        }
+        // A failure here may come from the change itself (the table deleted between two
+        // requests): read again rather than report it.
+        if let Err(error) = table {
+            log::debug!("dump {attempt} failed while the ruleset changed: {error}");
         }
         log::debug!("ruleset generation moved from {before} to {after} during dump {attempt}");
     }

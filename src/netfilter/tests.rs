@@ -227,11 +227,15 @@ fn failing_batch_changes_nothing() {
         let before = dump().unwrap();
         let listed = nft(&["list", "ruleset"], None);
 
-        let new = port(Proto::Udp, 5000, "10.211.0.8:5000", "new-1");
-        let existing = host_elements()[1].clone();
+        // The existing element sits in the middle of a message: the error still names it.
         let change = TableChange {
             remove: vec![host_elements()[0].clone()],
-            add: vec![new, existing],
+            add: vec![
+                port(Proto::Tcp, 5000, "10.211.0.8:5000", "new-1"),
+                host_elements()[1].clone(),
+                port(Proto::Tcp, 5001, "10.211.0.8:5001", "new-2"),
+                port(Proto::Udp, 5000, "10.211.0.8:5000", "new-1"),
+            ],
             ..TableChange::default()
         };
         let error = commit(&change).unwrap_err();
@@ -304,6 +308,33 @@ fn ten_thousand_elements() {
         let mut expected = elements[5000..].to_vec();
         expected.extend(more);
         assert_eq!(dump().unwrap().unwrap().elements, sorted(expected));
+    });
+}
+
+/// 60,000 mappings (every port 3000..33000 for TCP and UDP): `cargo test --release --lib
+/// netfilter -- --ignored --nocapture` prints the times.
+#[test]
+#[ignore = "benchmark"]
+fn sixty_thousand_elements() {
+    in_netns(|| {
+        let elements: Vec<Element> = (0..60_000u32)
+            .map(|i| Element::Port {
+                proto: if i % 2 == 0 { Proto::Tcp } else { Proto::Udp },
+                host_port: 3000 + (i / 2) as u16,
+                target: SocketAddrV4::new((0x0ad3_0000 + i).into(), 80),
+                owner: owner("bench", &format!("web-{}", i + 1)),
+            })
+            .collect();
+        let start = Instant::now();
+        commit(&create(host_layout(), elements.clone())).unwrap();
+        let committed = start.elapsed();
+        let start = Instant::now();
+        let actual = dump().unwrap().unwrap();
+        eprintln!(
+            "60,000 elements: commit {committed:?}, dump {:?}",
+            start.elapsed()
+        );
+        assert_eq!(actual.elements, sorted(elements));
     });
 }
 
