@@ -1,4 +1,5 @@
-//! One [`TableChange`](crate::ruleset::TableChange) as one nf_tables batch: built, sent in one `sendmsg`, and answered.
+//! One [`TableChange`](crate::ruleset::TableChange) as one nf_tables batch: built, sent in one
+//! `sendmsg`, and answered.
 //!
 //! The kernel applies a batch as one transaction (nfnetlink's BATCH_BEGIN .. BATCH_END): it
 //! processes every message, and if any fails it aborts them all. Each message here carries
@@ -100,12 +101,16 @@ impl<'a> Batch<'a> {
         Ok(batch)
     }
 
-    /// Appends one message built by `put` (given the buffer and sequence number; it returns the
-    /// message's offset).
-    fn push(&mut self, step: Step<'a>, put: impl FnOnce(&mut MsgBuf, u32) -> usize) -> usize {
-        let seq = FIRST_SEQ + self.steps.len() as u32;
+    /// The sequence number of the next message: its index, counted from `FIRST_SEQ`.
+    fn next_seq(&self) -> u32 {
+        FIRST_SEQ + self.steps.len() as u32
+    }
+
+    /// Appends one message built by `put` (given the buffer and the sequence number).
+    fn push(&mut self, step: Step<'a>, put: impl FnOnce(&mut MsgBuf, u32) -> usize) {
+        let seq = self.next_seq();
+        put(&mut self.buf, seq);
         self.steps.push(step);
-        put(&mut self.buf, seq)
     }
 
     fn create_table(&mut self, table: &program::Table) -> Result<(), Error> {
@@ -157,20 +162,14 @@ impl<'a> Batch<'a> {
                 .collect();
             for chunk in chunks(&mine, bytes) {
                 let chunk_bytes: Vec<&ElementBytes> = chunk.iter().map(|i| &bytes[*i]).collect();
-                let offset = self.push(Step::Framing, |buf, seq| {
-                    sys::put_elements(buf, msg, flags, seq, TABLE, map, &chunk_bytes)
-                });
+                let seq = self.next_seq();
+                let offset =
+                    sys::put_elements(&mut self.buf, msg, flags, seq, TABLE, map, &chunk_bytes);
                 let ranges = element_ranges(&self.buf.as_bytes()[offset..]);
                 debug_assert_eq!(ranges.len(), chunk.len());
-                let located = ranges
-                    .into_iter()
-                    .zip(chunk.iter().map(|i| &elements[*i]))
-                    .collect();
-                *self.steps.last_mut().unwrap() = Step::Elements {
-                    add,
-                    map,
-                    elements: located,
-                };
+                let located = ranges.into_iter().zip(chunk.iter().map(|i| &elements[*i]));
+                let elements = located.collect();
+                self.steps.push(Step::Elements { add, map, elements });
             }
         }
     }

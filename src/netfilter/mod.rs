@@ -123,3 +123,31 @@ pub(crate) fn describe(element: &Element) -> String {
         element.owner().comment()
     )
 }
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use crate::model::Proto;
+    use crate::ruleset::Owner;
+
+    #[test]
+    fn errors_name_the_element_and_the_errno() {
+        let element = Element::Link {
+            proto: Proto::Udp,
+            dial: "127.0.0.2:53".parse().unwrap(),
+            via: "10.211.0.1:4053".parse().unwrap(),
+            owner: Owner {
+                deployment: "seed".into(),
+                instance: "dns-1".into(),
+            },
+        };
+        let error = Error::AddElement {
+            element: describe(&element),
+            errno: KernelError(17),
+        };
+        assert_eq!(
+            error.to_string(),
+            "adding element udp_links 127.0.0.2 . 53 (gearnat:seed/dns-1): File exists"
+        );
+    }
+}

@@ -221,6 +221,21 @@ fn foreign_tables_and_unowned_elements() {
 }
 
 #[test]
+fn table_made_by_hand_is_read_as_unowned() {
+    in_netns(|| {
+        let by_hand = "table ip gearnat {\n\tset tcp_ports {\n\t\ttype inet_service\n\t\telements = { 1, 2 }\n\t}\n\tmap udp_links {\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\t\telements = { 127.0.0.1 . 53 comment \"gearnat:seed/dns-1\" : 10.0.0.1 . 53 }\n\t}\n}\n";
+        nft(&["-f", "-"], Some(by_hand));
+        let actual = dump().unwrap().unwrap();
+        assert_eq!(actual.comment, None);
+        assert_eq!(
+            actual.elements,
+            [link(Proto::Udp, "127.0.0.1:53", "10.0.0.1:53", "dns-1")]
+        );
+        assert_eq!(actual.unowned, 2);
+    });
+}
+
+#[test]
 fn failing_batch_changes_nothing() {
     in_netns(|| {
         commit(&create(host_layout(), host_elements())).unwrap();
