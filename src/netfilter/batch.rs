@@ -34,6 +34,10 @@ const ANSWER_TIMEOUT_MS: i32 = 5000;
 /// Applies `change` to gearnat's table in the calling thread's network namespace, as one atomic
 /// batch: delete the table, create it with its layout, remove elements, add elements. Nothing
 /// is sent when the change is empty.
+///
+/// The batch fails as a whole, changing nothing, when the table to delete is missing, the
+/// table to create exists, an element to remove is missing (by key) or one to add exists (by
+/// key, whatever its target). Removing and adding the same key in one change retargets it.
 pub fn commit(change: &TableChange) -> Result<(), Error> {
     if change.is_empty() {
         return Ok(());
@@ -75,7 +79,7 @@ const FIRST_SEQ: u32 = 1;
 impl<'a> Batch<'a> {
     fn build(change: &'a TableChange) -> Result<Batch<'a>, Error> {
         let additions = element_bytes(&change.add)?;
-        let removals = element_bytes(&change.remove)?;
+        let removals = element_keys(&change.remove);
         let capacity = 4096
             + (additions.iter().chain(&removals))
                 .map(|e| e.bound())
@@ -311,6 +315,19 @@ fn element_bytes(elements: &[Element]) -> Result<Vec<ElementBytes>, Error> {
                 data,
                 userdata,
             })
+        })
+        .collect()
+}
+
+/// Only the keys: the kernel finds an element to delete by its key (as `nft delete element`).
+fn element_keys(elements: &[Element]) -> Vec<ElementBytes> {
+    let key = |element| program::element_key_data(element).0;
+    elements
+        .iter()
+        .map(|element| ElementBytes {
+            key: key(element),
+            data: Vec::new(),
+            userdata: Vec::new(),
         })
         .collect()
 }

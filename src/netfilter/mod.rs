@@ -3,9 +3,9 @@
 //! Everything works in the calling thread's network namespace: run these on a thread that has
 //! entered the namespace (see `netns`), never on a pooled async worker.
 //!
-//! - [`commit`] turns a [`TableChange`](crate::ruleset::TableChange) into one nf_tables batch (all or nothing) and sends it in
-//!   one `sendmsg`; every message asks for an acknowledgement, so a failure names the object
-//!   the kernel rejected, down to the element.
+//! - [`commit`] turns a [`TableChange`](crate::ruleset::TableChange) into one nf_tables batch
+//!   (all or nothing) and sends it in one `sendmsg`; every message asks for an acknowledgement,
+//!   so a failure names the object the kernel rejected, down to the element.
 //! - [`dump`] reads the table, its maps and their elements back with nf_tables' own GET
 //!   requests, parsed by libnftnl; it never runs `nft`.
 //! - [`render`] writes the same table in nft syntax.
@@ -62,7 +62,10 @@ pub enum Error {
         comment: String,
         max: usize,
     },
-    #[error("comment {0:?} of the table is longer than {max} bytes or holds a NUL", max = COMMENT_MAX_LEN)]
+    #[error(
+        "comment {0:?} of the table is longer than {max} bytes or holds a NUL",
+        max = COMMENT_MAX_LEN
+    )]
     TableComment(String),
     #[error("sending a batch of {bytes} bytes: {source}")]
     Send { bytes: usize, source: io::Error },
@@ -107,7 +110,10 @@ pub enum Error {
     ReadElements { map: String, errno: KernelError },
     #[error("the kernel sent a {what} message libnftnl cannot parse")]
     Parse { what: &'static str },
-    #[error("the ruleset kept changing while table ip {table} was read ({0} attempts)", table = crate::ruleset::TABLE)]
+    #[error(
+        "the ruleset kept changing while table ip {table} was read ({0} attempts)",
+        table = crate::ruleset::TABLE
+    )]
     Unstable(u32),
 }
 

@@ -259,8 +259,8 @@ mod tests {
             owner: owner("web-1"),
         }];
         let text = render(&Layout::Instance, &elements);
-        assert!(text.ends_with(
-            "}\nadd element ip gearnat tcp_ports { 80 comment \"gearnat:seed/web-1\" : 10.0.0.1 . 80 }\n"
-        ));
+        let stray = "add element ip gearnat tcp_ports \
+                     { 80 comment \"gearnat:seed/web-1\" : 10.0.0.1 . 80 }";
+        assert!(text.ends_with(&format!("}}\n{stray}\n")));
     }
 }

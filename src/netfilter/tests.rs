@@ -152,6 +152,19 @@ fn host_round_trip_add_remove_delete() {
         expected.extend(added);
         assert_eq!(dump().unwrap().unwrap().elements, sorted(expected));
 
+        // Retargeting: remove and add the same key in one batch.
+        let old = host_elements()[2].clone();
+        let new = port(Proto::Udp, 5353, "10.211.0.5:5353", "dns-2");
+        let change = TableChange {
+            remove: vec![old],
+            add: vec![new.clone()],
+            ..TableChange::default()
+        };
+        commit(&change).unwrap();
+        let actual = dump().unwrap().unwrap();
+        assert!(actual.elements.contains(&new), "{actual:?}");
+        assert_eq!(actual.elements.len(), 2);
+
         commit(&TableChange {
             delete_table: true,
             ..TableChange::default()
@@ -186,7 +199,13 @@ fn instance_round_trip_and_replace() {
 #[test]
 fn foreign_tables_and_unowned_elements() {
     in_netns(|| {
-        let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport 22 accept\n\t}\n}\n";
+        let foreign = "table inet filter {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport 22 accept
+	}
+}
+";
         nft(&["-f", "-"], Some(foreign));
         let before = nft(&["list", "table", "inet", "filter"], None);
 
@@ -223,7 +242,18 @@ fn foreign_tables_and_unowned_elements() {
 #[test]
 fn table_made_by_hand_is_read_as_unowned() {
     in_netns(|| {
-        let by_hand = "table ip gearnat {\n\tset tcp_ports {\n\t\ttype inet_service\n\t\telements = { 1, 2 }\n\t}\n\tmap udp_links {\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\t\telements = { 127.0.0.1 . 53 comment \"gearnat:seed/dns-1\" : 10.0.0.1 . 53 }\n\t}\n}\n";
+        // A set where gearnat has a map, and one owned element in a map of gearnat's shape.
+        let by_hand = "table ip gearnat {
+	set tcp_ports {
+		type inet_service
+		elements = { 1, 2 }
+	}
+	map udp_links {
+		type ipv4_addr . inet_service : ipv4_addr . inet_service
+		elements = { 127.0.0.1 . 53 comment \"gearnat:seed/dns-1\" : 10.0.0.1 . 53 }
+	}
+}
+";
         nft(&["-f", "-"], Some(by_hand));
         let actual = dump().unwrap().unwrap();
         assert_eq!(actual.comment, None);

@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn comment_is_type_zero_with_nul() {
         let bytes = comment("gearnat:seed/rockmongo-1").unwrap();
-        // nft's debug output for this element: `userdata = { \x00\x19gearnat:seed/rockmongo-1\x00 }`.
+        // As nft's debug output shows it: `userdata = { \x00\x19gearnat:seed/rockmongo-1\x00 }`.
         let mut expected = vec![0, 0x19];
         expected.extend_from_slice(b"gearnat:seed/rockmongo-1\0");
         assert_eq!(bytes, expected);
