@@ -352,7 +352,23 @@ fn ten_thousand_elements() {
         eprintln!("remove 5,000 and add 5,000: {:?}", start.elapsed());
         let mut expected = elements[5000..].to_vec();
         expected.extend(more);
-        assert_eq!(dump().unwrap().unwrap().elements, sorted(expected));
+        let before = dump().unwrap().unwrap();
+        assert_eq!(before.elements, sorted(expected.clone()));
+
+        // A large batch failing deep inside one message changes nothing and names the element.
+        let mut add: Vec<Element> = many_ports(20_000).split_off(15_000);
+        add.insert(3210, expected[1234].clone());
+        let change = TableChange {
+            remove: expected[..100].to_vec(),
+            add,
+            ..TableChange::default()
+        };
+        let error = commit(&change).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("adding element {}: File exists", describe(&expected[1234]))
+        );
+        assert_eq!(dump().unwrap().unwrap(), before);
     });
 }
 
