@@ -185,14 +185,14 @@ impl<'a> Batch<'a> {
         let receive = (self.steps.len() * 2048).max(1 << 20);
         socket
             .force_buffers(bytes + 64 * 1024, receive)
-            .map_err(|source| Error::SocketBuffers { bytes, source })?;
+            .map_err(|error| Error::SocketBuffers { bytes, error })?;
         log::debug!(
             "sending an nf_tables batch of {} messages, {bytes} bytes",
             self.steps.len()
         );
         socket
             .send(self.buf.as_bytes())
-            .map_err(|source| Error::Send { bytes, source })
+            .map_err(|error| Error::Send { bytes, error })
     }
 
     /// The kernel's answer to each message (by index), as far as it answered.

@@ -36,6 +36,7 @@ use crate::ruleset::Element;
 pub struct KernelError(pub i32);
 
 impl KernelError {
+    /// The errno, e.g. `libc::EEXIST`.
     pub fn raw(self) -> i32 {
         self.0
     }
@@ -49,13 +50,14 @@ impl fmt::Display for KernelError {
 
 impl std::error::Error for KernelError {}
 
-/// What failed, on which object, and why.
+/// What failed, on which object, and why. Each message holds its cause (the errno text), so
+/// the error has no separate source to print again.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("opening a netfilter netlink socket: {0}")]
-    Socket(#[source] io::Error),
-    #[error("raising the netlink socket buffers for a batch of {bytes} bytes: {source}")]
-    SocketBuffers { bytes: usize, source: io::Error },
+    Socket(io::Error),
+    #[error("raising the netlink socket buffers for a batch of {bytes} bytes: {error}")]
+    SocketBuffers { bytes: usize, error: io::Error },
     #[error("comment {comment:?} of element {element} is longer than {max} bytes or holds a NUL")]
     Comment {
         element: String,
@@ -67,10 +69,10 @@ pub enum Error {
         max = COMMENT_MAX_LEN
     )]
     TableComment(String),
-    #[error("sending a batch of {bytes} bytes: {source}")]
-    Send { bytes: usize, source: io::Error },
+    #[error("sending a batch of {bytes} bytes: {error}")]
+    Send { bytes: usize, error: io::Error },
     #[error("receiving the kernel's answer: {0}")]
-    Receive(#[source] io::Error),
+    Receive(io::Error),
     #[error("the kernel refused the batch: {0}")]
     Batch(KernelError),
     #[error("deleting table ip {table}: {errno}", table = crate::ruleset::TABLE)]
@@ -115,6 +117,28 @@ pub enum Error {
         table = crate::ruleset::TABLE
     )]
     Unstable(u32),
+}
+
+impl Error {
+    /// The errno the kernel answered with, when it refused something (as opposed to a failure
+    /// of the socket or of gearnat's own checks): e.g. ENOENT when the table vanished.
+    pub fn kernel_error(&self) -> Option<KernelError> {
+        match self {
+            Error::Batch(errno)
+            | Error::ReadGeneration(errno)
+            | Error::ReadTable(errno)
+            | Error::ListMaps(errno)
+            | Error::DeleteTable { errno }
+            | Error::CreateTable { errno }
+            | Error::CreateMap { errno, .. }
+            | Error::CreateChain { errno, .. }
+            | Error::AddRule { errno, .. }
+            | Error::RemoveElement { errno, .. }
+            | Error::AddElement { errno, .. }
+            | Error::ReadElements { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
 }
 
 /// How an element is named in errors: map, key and owner, in nft's notation.

@@ -395,8 +395,9 @@ fn link_dnat_rule(map: &Map, proto: Proto) -> Vec<Expr> {
     ]
 }
 
-/// `ip saddr 127.0.0.0/8 oif != "lo" ct status dnat masquerade`: replies to DNATed loopback
-/// traffic must come back through this host, which a 127/8 source address cannot ensure.
+/// `ip saddr 127.0.0.0/8 oif != "lo" ct status dnat masquerade`: a connection to 127.0.0.1
+/// that DNAT sends out through another interface still has a loopback source, which the peer
+/// cannot answer (and no router forwards); it takes the outgoing interface's address instead.
 fn loopback_masquerade_rule() -> Vec<Expr> {
     let mut rule = vec![
         prefix_payload(IPV4_SADDR, 8),
