@@ -125,14 +125,15 @@ impl<'a> Batch<'a> {
         self.push(Step::CreateTable, |buf, seq| {
             sys::put_table(buf, msg, create, seq, TABLE, Some(&comment))
         });
-        for map in &table.maps {
-            self.push(Step::CreateMap(map.name), |buf, seq| {
-                sys::put_map(buf, create, seq, TABLE, map)
-            });
-        }
+        // nft's order (chains, then maps), so that the objects get the same handles.
         for chain in &table.chains {
             self.push(Step::CreateChain(chain.name), |buf, seq| {
                 sys::put_chain(buf, create, seq, TABLE, chain)
+            });
+        }
+        for map in &table.maps {
+            self.push(Step::CreateMap(map.name), |buf, seq| {
+                sys::put_map(buf, create, seq, TABLE, map)
             });
         }
         let append = NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
@@ -420,7 +421,7 @@ mod tests {
             })
             .collect();
         let head = [
-            "framing", "delete", "table", "map", "map", "chain", "chain", "chain", "chain",
+            "framing", "delete", "table", "chain", "chain", "chain", "chain", "map", "map",
         ];
         assert_eq!(kinds[..9], head);
         assert_eq!(kinds[9..16], ["rule"; 7]);
