@@ -58,7 +58,7 @@ impl Connection {
     fn generation(&mut self) -> Result<u32, Error> {
         let mut generation = None;
         self.request(
-            |buf, seq| sys::put_get_gen(buf, NLM_F_ACK, seq),
+            |buf, seq| sys::put_get_all(buf, libc::NFT_MSG_GETGEN as u16, NLM_F_ACK, seq),
             |msg| {
                 generation = Some(sys::parse_gen(msg)?);
                 Some(())
@@ -183,6 +183,26 @@ impl Connection {
             }
         }
     }
+}
+
+/// Every object of one kind (NFT_MSG_GETTABLE, GETCHAIN, GETSET, ...) in the namespace, as the
+/// kernel sends it, without the netlink header: to compare what two namespaces hold, byte for
+/// byte.
+#[cfg(test)]
+pub(crate) fn raw_objects(msg_type: u16) -> Vec<Vec<u8>> {
+    let socket = Socket::open().expect("netlink socket");
+    let mut conn = Connection { socket, seq: 0 };
+    let mut objects = Vec::new();
+    let put = |buf: &mut MsgBuf, seq| sys::put_get_all(buf, msg_type, NLM_F_DUMP, seq);
+    let collect = |msg: &[u8]| {
+        objects.push(msg[netlink::HEADER_LEN..].to_vec());
+        Some(())
+    };
+    if conn.request(put, collect).is_err() {
+        panic!("dumping objects of message type {msg_type}");
+    }
+    objects.sort();
+    objects
 }
 
 fn failure(f: Failure, what: &'static str, kernel: impl FnOnce(KernelError) -> Error) -> Error {

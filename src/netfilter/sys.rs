@@ -432,10 +432,10 @@ pub(crate) fn put_get_sets(buf: &mut MsgBuf, flags: u16, seq: u32, table: &str) 
     buf.finish(bound)
 }
 
-/// A GETGEN request: the ruleset generation, to tell whether a dump saw one state.
-pub(crate) fn put_get_gen(buf: &mut MsgBuf, flags: u16, seq: u32) -> usize {
-    let msg = libc::NFT_MSG_GETGEN as u16;
-    header(buf, 64, msg, libc::AF_UNSPEC as u16, flags, seq);
+/// A request with no attributes, for any family: GETGEN (the ruleset generation), or a dump of
+/// every object of one kind (NFT_MSG_GET*).
+pub(crate) fn put_get_all(buf: &mut MsgBuf, msg_type: u16, flags: u16, seq: u32) -> usize {
+    header(buf, 64, msg_type, libc::AF_UNSPEC as u16, flags, seq);
     buf.finish(64)
 }
 

@@ -401,17 +401,26 @@ fn sixty_thousand_elements() {
 
 /// The same table loaded by `nft -f` from `render` and committed over netlink lists the same:
 /// as nft text, as JSON (every attribute nft knows, handles included) and as the kernel's
-/// expressions and element bytes (`nft --debug=netlink list`).
+/// expressions and element bytes (`nft --debug=netlink list`); and the kernel's table, chain,
+/// set and rule objects are the same bytes.
 fn golden(layout: Layout, elements: Vec<Element>) {
     let text = render(&layout, &elements);
     let list = || {
-        ["", "-j", "--debug=netlink"].map(|option| {
+        let listings = ["", "-j", "--debug=netlink"].map(|option| {
             let mut args = vec!["list", "table", "ip", "gearnat"];
             if !option.is_empty() {
                 args.insert(0, option);
             }
             nft(&args, None)
-        })
+        });
+        let kinds = [
+            libc::NFT_MSG_GETTABLE,
+            libc::NFT_MSG_GETCHAIN,
+            libc::NFT_MSG_GETSET,
+            libc::NFT_MSG_GETRULE,
+        ];
+        let objects = kinds.map(|msg| dump::raw_objects(msg as u16));
+        (listings, objects)
     };
     let by_nft = in_netns(move || {
         nft(&["-f", "-"], Some(&text));
@@ -422,12 +431,16 @@ fn golden(layout: Layout, elements: Vec<Element>) {
         list()
     });
     if let (Some(by_nft), Some(by_commit)) = (by_nft, by_commit) {
-        for (by_commit, by_nft) in by_commit.iter().zip(&by_nft) {
+        for (by_commit, by_nft) in by_commit.0.iter().zip(&by_nft.0) {
             assert_eq!(
                 element_lines_sorted(by_commit),
                 element_lines_sorted(by_nft)
             );
         }
+        // Tables, chains, sets and rules as the kernel holds them: names, hooks, flags, key and
+        // data types, userdata, expressions, handles.
+        assert!(by_nft.1.iter().all(|objects| !objects.is_empty()));
+        assert_eq!(by_commit.1, by_nft.1);
     }
 }
 
