@@ -654,15 +654,26 @@ impl Socket {
         }
     }
 
-    /// Receives one datagram into `buf` (replacing its contents). With `wait` false, returns
-    /// `WouldBlock` when none is queued. A datagram larger than `capacity` is an error.
+    /// Receives one datagram into `buf` (replacing its contents), retrying when a signal
+    /// interrupts. With `wait` false, returns `WouldBlock` when none is queued. A datagram larger
+    /// than `capacity` is an error.
     pub fn recv(&self, buf: &mut MsgBuf, capacity: usize, wait: bool) -> io::Result<()> {
         buf.len = 0;
         let at = buf.reserve(capacity);
         let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
-        // SAFETY: `at` points to `capacity` writable bytes inside `buf`.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), at.cast(), capacity, flags) };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        let n = loop {
+            // SAFETY: `at` points to `capacity` writable bytes inside `buf`.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), at.cast(), capacity, flags) };
+            match usize::try_from(n) {
+                Ok(n) => break n,
+                Err(_) => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+        };
         if n > capacity {
             return Err(io::Error::other(format!(
                 "netlink datagram of {n} bytes truncated"
@@ -679,11 +690,16 @@ impl Socket {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd for the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        loop {
+            // SAFETY: one valid pollfd for the call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if rc >= 0 {
+                return Ok(rc > 0);
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
         }
-        Ok(rc > 0)
     }
 }
