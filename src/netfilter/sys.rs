@@ -58,11 +58,17 @@ impl MsgBuf {
 
     /// Zeroed room for a message of at most `bound` bytes after the current end.
     fn reserve(&mut self, bound: usize) -> *mut libc::c_char {
+        let at = self.room(bound);
+        self.spare_mut()[..bound].fill(0);
+        at
+    }
+
+    /// Room for `bound` bytes after the current end, holding whatever it held before.
+    fn room(&mut self, bound: usize) -> *mut libc::c_char {
         let words = (self.len + bound).div_ceil(4);
         if self.words.len() < words {
             self.words.resize(words, 0);
         }
-        self.spare_mut()[..bound].fill(0);
         self.spare_mut().as_mut_ptr().cast()
     }
 
@@ -659,7 +665,7 @@ impl Socket {
     /// than `capacity` is an error.
     pub fn recv(&self, buf: &mut MsgBuf, capacity: usize, wait: bool) -> io::Result<()> {
         buf.len = 0;
-        let at = buf.reserve(capacity);
+        let at = buf.room(capacity);
         let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
         let n = loop {
             // SAFETY: `at` points to `capacity` writable bytes inside `buf`.
