@@ -199,15 +199,22 @@ fn instance_round_trip_and_replace() {
 #[test]
 fn foreign_tables_and_unowned_elements() {
     in_netns(|| {
+        // Another tool's tables, one with a map of the same name and shape as gearnat's.
         let foreign = "table inet filter {
 	chain input {
 		type filter hook input priority 0; policy accept;
 		tcp dport 22 accept
 	}
 }
+table ip other {
+	map tcp_ports {
+		type inet_service : ipv4_addr . inet_service
+		elements = { 80 comment \"gearnat:seed/imposter-1\" : 10.0.0.9 . 80 }
+	}
+}
 ";
         nft(&["-f", "-"], Some(foreign));
-        let before = nft(&["list", "table", "inet", "filter"], None);
+        let before = nft(&["list", "ruleset"], None);
 
         commit(&create(host_layout(), host_elements())).unwrap();
         nft(
@@ -235,7 +242,7 @@ fn foreign_tables_and_unowned_elements() {
             ..TableChange::default()
         })
         .unwrap();
-        assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
+        assert_eq!(nft(&["list", "ruleset"], None), before);
     });
 }
 
