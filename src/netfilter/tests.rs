@@ -491,3 +491,60 @@ fn golden_host_odd_pools() {
 fn golden_instance() {
     golden(Layout::Instance, instance_elements());
 }
+
+/// Runs `ip` with `args` in the calling thread's namespace.
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("running ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+/// Connects to `dial` and reads what the listener behind the DNAT wrote.
+fn greeting_via(dial: &str) -> String {
+    use std::io::Read;
+    let dial = dial.parse().unwrap();
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&dial, timeout)
+        .unwrap_or_else(|e| panic!("connecting to {dial} through the DNAT: {e}"));
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The rules do what they say: connections to a host port or a link's loopback address reach
+/// the target through the maps.
+#[test]
+fn traffic_follows_the_maps() {
+    in_netns(|| {
+        use std::io::Write;
+        ip(&["link", "set", "lo", "up"]);
+        // The kernel here has no dummy interfaces; a veth pair serves.
+        ip(&[
+            "link", "add", "inst0", "type", "veth", "peer", "name", "inst1",
+        ]);
+        ip(&["addr", "add", "10.211.0.2/16", "dev", "inst0"]);
+        ip(&["link", "set", "inst0", "up"]);
+        ip(&["link", "set", "inst1", "up"]);
+        let listener = std::net::TcpListener::bind("10.211.0.2:80").unwrap();
+        // Not joined: should a connection fail, the test fails instead of waiting on accept.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let _ = stream.unwrap().write_all(b"hello from 10.211.0.2:80");
+            }
+        });
+        let to_target = port(Proto::Tcp, 6060, "10.211.0.2:80", "web-1");
+        commit(&create(host_layout(), vec![to_target])).unwrap();
+        assert_eq!(greeting_via("127.0.0.1:6060"), "hello from 10.211.0.2:80");
+        assert_eq!(greeting_via("10.211.0.2:6060"), "hello from 10.211.0.2:80");
+
+        let dial = link(Proto::Tcp, "127.0.0.3:27017", "10.211.0.2:80", "web-1");
+        let change = TableChange {
+            delete_table: true,
+            create: Some(Layout::Instance),
+            add: vec![dial],
+            ..TableChange::default()
+        };
+        commit(&change).unwrap();
+        assert_eq!(greeting_via("127.0.0.3:27017"), "hello from 10.211.0.2:80");
+    });
+}
