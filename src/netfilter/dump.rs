@@ -1,0 +1,235 @@
+//! Reading gearnat's table back: the table, its maps, their elements, over netlink.
+//!
+//! These are separate requests, so the ruleset generation is read before and after them: when it
+//! moved, something changed the ruleset in between and everything is read again.
+
+use std::io;
+
+use super::netlink::{self, Reply};
+use super::program::{self, ElementValue, NFT_SET_MAP};
+use super::sys::{self, MsgBuf, SetInfo, Socket};
+use super::udata;
+use super::{Error, KernelError};
+use crate::ruleset::{ActualTable, Element, Owner, TABLE};
+
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const ENOENT: i32 = 2;
+const RECV_BYTES: usize = 128 * 1024;
+const ATTEMPTS: u32 = 5;
+
+/// Reads gearnat's table (`table ip gearnat`) in the calling thread's network namespace;
+/// `Ok(None)` when there is no such table.
+pub fn dump() -> Result<Option<ActualTable>, Error> {
+    let mut conn = Connection {
+        socket: Socket::open().map_err(Error::Socket)?,
+        seq: 0,
+    };
+    for attempt in 1..=ATTEMPTS {
+        let before = conn.generation()?;
+        let table = conn.table();
+        let after = conn.generation()?;
+        if before == after {
+            return table;
+        }
+        // A failure here may come from the change itself (the table deleted between two
+        // requests): read again rather than report it.
+        if let Err(error) = table {
+            log::debug!("dump {attempt} failed while the ruleset changed: {error}");
+        }
+        log::debug!("ruleset generation moved from {before} to {after} during dump {attempt}");
+    }
+    Err(Error::Unstable(ATTEMPTS))
+}
+
+struct Connection {
+    socket: Socket,
+    seq: u32,
+}
+
+/// How a request failed.
+enum Failure {
+    Kernel(KernelError),
+    Io(io::Error),
+    Parse,
+}
+
+impl Connection {
+    fn generation(&mut self) -> Result<u32, Error> {
+        let mut generation = None;
+        self.request(
+            |buf, seq| sys::put_get_all(buf, libc::NFT_MSG_GETGEN as u16, NLM_F_ACK, seq),
+            |msg| {
+                generation = Some(sys::parse_gen(msg)?);
+                Some(())
+            },
+        )
+        .map_err(|f| failure(f, "generation", Error::ReadGeneration))?;
+        generation.ok_or(Error::Parse { what: "generation" })
+    }
+
+    fn table(&mut self) -> Result<Option<ActualTable>, Error> {
+        let mut info = None;
+        let msg = libc::NFT_MSG_GETTABLE as u16;
+        let found = self.request(
+            |buf, seq| sys::put_table(buf, msg, NLM_F_ACK, seq, TABLE, None),
+            |msg| {
+                info = Some(sys::parse_table(msg)?);
+                Some(())
+            },
+        );
+        match found {
+            Err(Failure::Kernel(KernelError(ENOENT))) => return Ok(None),
+            result => result.map_err(|f| failure(f, "table", Error::ReadTable))?,
+        }
+        let Some(info) = info.filter(|t| t.name == TABLE) else {
+            return Err(Error::Parse { what: "table" });
+        };
+        let mut actual = ActualTable {
+            comment: info.userdata.as_deref().and_then(udata::read_comment),
+            ..ActualTable::default()
+        };
+        for set in self.maps()? {
+            self.read_elements(&set, &mut actual)?;
+        }
+        actual.elements.sort();
+        Ok(Some(actual))
+    }
+
+    /// gearnat's maps in the table (other sets there are not gearnat's business).
+    fn maps(&mut self) -> Result<Vec<SetInfo>, Error> {
+        let mut sets = Vec::new();
+        self.request(
+            |buf, seq| sys::put_get_sets(buf, NLM_F_DUMP, seq, TABLE),
+            |msg| {
+                sets.push(sys::parse_set(msg)?);
+                Some(())
+            },
+        )
+        .map_err(|f| failure(f, "set", Error::ListMaps))?;
+        sets.retain(|s| program::MAP_NAMES.contains(&s.name.as_str()));
+        Ok(sets)
+    }
+
+    /// Adds the elements of map `set` to `actual`: owned ones as elements, the rest counted.
+    fn read_elements(&mut self, set: &SetInfo, actual: &mut ActualTable) -> Result<(), Error> {
+        let mut raw = Vec::new();
+        let msg = libc::NFT_MSG_GETSETELEM as u16;
+        self.request(
+            |buf, seq| sys::put_elements(buf, msg, NLM_F_DUMP, seq, TABLE, &set.name, &[]),
+            |msg| {
+                raw.extend(sys::parse_elements(msg)?);
+                Some(())
+            },
+        )
+        .map_err(|f| {
+            failure(f, "set element", |errno| Error::ReadElements {
+                map: set.name.clone(),
+                errno,
+            })
+        })?;
+
+        // A map of another shape (made by hand under gearnat's name) holds nothing gearnat can
+        // read; its elements count as unowned and go when the table is replaced.
+        let shape_ok = set.flags & NFT_SET_MAP != 0
+            && program::map_shape(&set.name) == Some((set.key_len, set.data_len));
+        if !shape_ok {
+            log::warn!(
+                "map {} in table ip {TABLE} does not have gearnat's shape",
+                set.name
+            );
+        }
+        for element in raw {
+            let owner =
+                udata::read_comment(&element.userdata).and_then(|c| Owner::from_comment(&c));
+            let value = shape_ok
+                .then(|| program::parse_element(&set.name, &element.key, &element.data))
+                .flatten();
+            match (value, owner) {
+                (Some(value), Some(owner)) => actual.elements.push(with_owner(value, owner)),
+                _ => actual.unowned += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request built by `put` and hands each reply object to `on_reply` (which returns
+    /// `None` when it cannot parse it), until the acknowledgement or the end of the dump.
+    fn request(
+        &mut self,
+        put: impl FnOnce(&mut MsgBuf, u32) -> usize,
+        mut on_reply: impl FnMut(&[u8]) -> Option<()>,
+    ) -> Result<(), Failure> {
+        self.seq += 1;
+        let seq = self.seq;
+        let mut request = MsgBuf::with_capacity(512);
+        put(&mut request, seq);
+        self.socket.send(request.as_bytes()).map_err(Failure::Io)?;
+
+        let mut buf = MsgBuf::with_capacity(RECV_BYTES);
+        loop {
+            self.socket
+                .recv(&mut buf, RECV_BYTES, true)
+                .map_err(Failure::Io)?;
+            for message in netlink::messages(buf.as_bytes()).ok_or(Failure::Parse)? {
+                if message.seq != seq {
+                    continue;
+                }
+                match message.reply() {
+                    Reply::Ack | Reply::Done => return Ok(()),
+                    Reply::Error { errno, .. } => return Err(Failure::Kernel(KernelError(errno))),
+                    Reply::Data => on_reply(message.bytes).ok_or(Failure::Parse)?,
+                }
+            }
+        }
+    }
+}
+
+/// Every object of one kind (NFT_MSG_GETTABLE, GETCHAIN, GETSET, ...) in the namespace, as the
+/// kernel sends it, without the netlink header: to compare what two namespaces hold, byte for
+/// byte.
+#[cfg(test)]
+pub(crate) fn raw_objects(msg_type: u16) -> Vec<Vec<u8>> {
+    let socket = Socket::open().expect("netlink socket");
+    let mut conn = Connection { socket, seq: 0 };
+    let mut objects = Vec::new();
+    let put = |buf: &mut MsgBuf, seq| sys::put_get_all(buf, msg_type, NLM_F_DUMP, seq);
+    let collect = |msg: &[u8]| {
+        objects.push(msg[netlink::HEADER_LEN..].to_vec());
+        Some(())
+    };
+    if conn.request(put, collect).is_err() {
+        panic!("dumping objects of message type {msg_type}");
+    }
+    objects.sort();
+    objects
+}
+
+fn failure(f: Failure, what: &'static str, kernel: impl FnOnce(KernelError) -> Error) -> Error {
+    match f {
+        Failure::Kernel(errno) => kernel(errno),
+        Failure::Io(e) => Error::Receive(e),
+        Failure::Parse => Error::Parse { what },
+    }
+}
+
+fn with_owner(value: ElementValue, owner: Owner) -> Element {
+    match value {
+        ElementValue::Port {
+            proto,
+            host_port,
+            target,
+        } => Element::Port {
+            proto,
+            host_port,
+            target,
+            owner,
+        },
+        ElementValue::Link { proto, dial, via } => Element::Link {
+            proto,
+            dial,
+            via,
+            owner,
+        },
+    }
+}
