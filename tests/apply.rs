@@ -57,7 +57,7 @@ fn run(host: &TestHost, args: &[&str]) -> Output {
     out
 }
 
-fn apply_ok(host: &TestHost, file: &PathBuf) -> String {
+fn apply_ok(host: &TestHost, file: &std::path::Path) -> String {
     let out = run(host, &["apply", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "apply failed");
     String::from_utf8(out.stdout).unwrap()
@@ -336,13 +336,13 @@ fn bad_files_change_nothing() {
     let snapshot = || (nft_list(host.host_ns()), state_files(&host));
     let before = snapshot();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/deployments/bad");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+    let mut bad_files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    files.sort();
-    assert!(files.len() >= 10, "bad files in {}", dir.display());
-    for bad in files {
+    bad_files.sort();
+    assert!(bad_files.len() >= 10, "bad files in {}", dir.display());
+    for bad in bad_files {
         for command in ["apply", "diff"] {
             let out = run(&host, &[command, bad.to_str().unwrap()]);
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -366,7 +366,9 @@ fn bad_files_change_nothing() {
         }
     }
     // A deployment claiming a port another deployment holds is refused the same way.
-    let other = seed(tag).replace("\"rockmongo\"", "\"web\"").replace("mongodb", "db");
+    let other = seed(tag)
+        .replace("\"rockmongo\"", "\"web\"")
+        .replace("mongodb", "db");
     let other = write(&files, "other.json", &other);
     let out = run(&host, &["apply", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -411,7 +413,6 @@ fn the_kernel_holds_the_golden_ruleset() {
     let host = TestHost::new("ga06");
     let tag = host.tag().to_string();
     let tag = tag.as_str();
-    let files = tempfile::tempdir().unwrap();
     let _cleanup = common::NetnsGuard(instances.iter().map(|s| s.to_string()).collect());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let golden = fs::read_to_string(root.join("nft/rockmongo_mongodb.nft")).unwrap();

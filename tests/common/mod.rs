@@ -351,4 +351,5 @@ pub fn udp_request(
     .map_err(io::Error::other)?
 }
 mod nft;
+#[allow(unused_imports)]
 pub use nft::*;

@@ -32,7 +32,11 @@ pub struct Scratch(String);
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
         let _ = Command::new("ip").args(["netns", "delete", name]).status();
-        let ok = Command::new("ip").args(["netns", "add", name]).status().unwrap().success();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "ip netns add {name}");
         Scratch(name.to_string())
     }
@@ -44,7 +48,12 @@ impl Scratch {
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success(), "nft -f rejected:\n{text}");
         nft_table(&self.0)
     }
@@ -52,7 +61,9 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
     }
 }
 
