@@ -800,8 +800,9 @@ impl Veth<'_> {
                     true,
                 )])),
             ]));
+            // RTM_SETLINK ignores bridge port attributes; they go in RTM_NEWLINK.
             h.link()
-                .set(message)
+                .set_port(message)
                 .execute()
                 .await
                 .map_err(|e| Error::Attach {

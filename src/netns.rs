@@ -337,8 +337,9 @@ fn make_run_dir_shared() -> Result<(), Error> {
 /// its own is a legitimate place to run.
 fn warn_if_private_mounts(name: &str) {
     let ino = |path: &str| fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
-    let ours = ino("/proc/thread-self/ns/mnt");
-    if ours.is_some() && ours != ino("/proc/1/ns/mnt") {
+    let (ours, init) = (ino("/proc/thread-self/ns/mnt"), ino("/proc/1/ns/mnt"));
+    // PID 1's namespace is unreadable inside a sandbox: nothing to compare then.
+    if ours.is_some() && init.is_some() && ours != init {
         log::warn!(
             "creating network namespace {name} from another mount namespace than PID 1's: it \
              disappears when this process exits unless the mount propagates (not under \
