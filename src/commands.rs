@@ -118,7 +118,8 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     state.save_reservations(&reservations)?;
     state.save_record(&record)?;
     let started = Instant::now();
-    reconcile::execute(&host, &net, &plan, &mut record)?;
+    let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
+    reconcile::execute(&host, &net, &plan, &mut record, persist)?;
     let applied = started.elapsed();
     read_back(&host, &net, &desired, &record)?;
     save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
@@ -263,7 +264,7 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
     for line in report::plan_lines(&plan, &net.bridge) {
         println!("{line}");
     }
-    reconcile::execute(&host, &net, &plan, &mut record)?;
+    reconcile::execute(&host, &net, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
         crate::runtime::remove_bridge(&host, &net)?;
     }

@@ -84,17 +84,22 @@ pub fn observe(
     Ok(observed)
 }
 
-/// Carries out `plan`. Namespaces created on the way are added to `record.created_netns`.
+/// Carries out `plan`. Namespaces created on the way are added to `record.created_netns`, and
+/// the record is handed to `persist` as soon as they exist, so that a run that fails later
+/// still knows which namespaces are gearnat's to remove.
 pub fn execute(
     host: &Netns,
     net: &Network,
     plan: &Plan,
     record: &mut DeploymentRecord,
+    persist: impl Fn(&DeploymentRecord) -> Result<(), Error>,
 ) -> Result<(), Error> {
     if plan.create_bridge {
         runtime::ensure_bridge(host, net)?;
     }
-    join_instances(host, net, plan, record)?;
+    let joined = join_instances(host, net, plan, record);
+    persist(record)?;
+    joined?;
     commit_namespace(None, &plan.host)?;
     for (id, ns_plan) in &plan.instances {
         if matches!(
