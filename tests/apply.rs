@@ -86,14 +86,16 @@ fn unreachable(ns: &str, to: &str) {
     assert!(r.is_err(), "{ns} still reaches {to}: {r:?}");
 }
 
-fn set_bridge_nf(ns: &str, on: bool) -> bool {
+/// Whether bridged traffic in `ns` passes the ip netfilter hooks (br_netfilter; the sysctl is
+/// per network namespace).
+fn set_bridge_nf(ns: &str, on: bool) {
     let value = if on { "1" } else { "0" };
-    Command::new("ip")
-        .args(["netns", "exec", ns, "sysctl", "-qw"])
-        .arg(format!("net.bridge.bridge-nf-call-iptables={value}"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let netns = gearnat::netns::Netns::open_named(ns).unwrap();
+    gearnat::netns::run_in(&netns, || {
+        gearnat::link::sysctl_set("net.bridge.bridge-nf-call-iptables", value)
+    })
+    .unwrap()
+    .expect("br_netfilter must be available (modprobe br_netfilter)");
 }
 
 #[test]
@@ -130,9 +132,7 @@ fn seed_public_port_and_link_carry_real_tcp() {
     // 2. The link, and hairpin to a public port through the host's address, with bridged
     //    traffic passing netfilter and not.
     for bridge_nf in [false, true] {
-        if !set_bridge_nf(host.host_ns(), bridge_nf) {
-            eprintln!("br_netfilter sysctl not available; testing with the kernel's default only");
-        }
+        set_bridge_nf(host.host_ns(), bridge_nf);
         assert_eq!(
             reach(&rock, "127.0.0.1:27017"),
             "mongodb",
@@ -164,13 +164,24 @@ fn seed_public_port_and_link_carry_real_tcp() {
     unreachable(host.client_ns(), "192.0.2.1:6060");
 }
 
-/// Runs `nft monitor` in `ns` until dropped; what it printed tells whether anything changed.
+/// Runs `nft monitor` (or `ip monitor`) in `ns` until dropped; what it printed tells whether
+/// anything changed.
 struct Monitor(Child);
 
 impl Monitor {
     fn start(ns: &str) -> Monitor {
+        Monitor::run(ns, &["nft", "monitor"])
+    }
+
+    /// Links, IPv4 addresses and routes (IPv6 link-local addresses come and go by themselves).
+    fn links(ns: &str) -> Monitor {
+        Monitor::run(ns, &["ip", "-4", "monitor", "link", "address", "route"])
+    }
+
+    fn run(ns: &str, command: &[&str]) -> Monitor {
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "monitor"])
+            .args(["netns", "exec", ns])
+            .args(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -200,7 +211,12 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
     apply_ok(&host, &file);
     let rock = format!("{tag}rockmongo-1");
 
-    let monitors = [Monitor::start(host.host_ns()), Monitor::start(&rock)];
+    let monitors = [
+        Monitor::start(host.host_ns()),
+        Monitor::start(&rock),
+        Monitor::links(host.host_ns()),
+        Monitor::links(&rock),
+    ];
     let out = apply_ok(&host, &file);
     assert!(out.contains("in sync"), "{out}");
     for m in monitors {
@@ -208,6 +224,42 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
     }
     let out = run(&host, &["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
+    let out = run(&host, &["diff", "--output", "json", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["in_sync"], true);
+    assert_eq!(plan["mappings"][0]["Ports"][0]["External"], 6060);
+
+    // status draws the seed's figure and reads the kernel.
+    let out = run(&host, &["status"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let figure = format!("Client -> 6060 -> 80 {rock} 27017 -> 4000 -> 27017 {tag}mongodb-1");
+    assert!(text.contains(&figure), "{text}");
+    assert!(text.contains("in sync"), "{text}");
+    let out = run(&host, &["status", "--output", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status[0]["in_sync"], true);
+    // Drift is seen: a host element deleted by hand.
+    let deleted = common::exec(
+        host.host_ns(),
+        &[
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            "gearnat",
+            "tcp_ports",
+            "{ 6060 }",
+        ],
+    );
+    assert!(deleted.status.success());
+    let text = String::from_utf8(run(&host, &["status"]).stdout).unwrap();
+    assert!(
+        text.contains("drifted") && text.contains("(missing)"),
+        "{text}"
+    );
+    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
