@@ -492,3 +492,66 @@ fn the_kernel_holds_the_golden_ruleset() {
         Some(0)
     );
 }
+
+/// `--bridge` and `--subnet` move the instances; a namespace gearnat found is kept by `down`,
+/// one it created is deleted.
+#[test]
+fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("ga07");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "seed.json", &seed(tag));
+    let rock = format!("{tag}rockmongo-1");
+    let mongo = format!("{tag}mongodb-1");
+    // The user made rockmongo-1's namespace; gearnat makes mongodb-1's.
+    assert!(common::output_in(host.host_ns(), {
+        let mut c = Command::new("ip");
+        c.args(["netns", "add", &rock]);
+        c
+    })
+    .status
+    .success());
+    let net = ["--bridge", "gnt7", "--subnet", "10.77.0.0/24"];
+    let mut args = vec!["apply", file.to_str().unwrap()];
+    args.extend(net);
+    let out = run(&host, &args);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("+ netns {rock} 10.77.0.2 on gnt7")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("+ netns (new) {mongo} 10.77.0.3 on gnt7")),
+        "{text}"
+    );
+    assert!(text.contains("127.0.0.1:27017 -> 10.77.0.1:4000"), "{text}");
+
+    let _web = serve_tcp(&rock, addr("0.0.0.0:80"), "rockmongo");
+    let _db = serve_tcp(&mongo, addr("0.0.0.0:27017"), "mongodb");
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:6060"), "rockmongo");
+    assert_eq!(reach(&rock, "127.0.0.1:27017"), "mongodb");
+
+    let mut args = vec!["down", file.to_str().unwrap()];
+    args.extend(net);
+    assert_eq!(run(&host, &args).status.code(), Some(0));
+    assert!(
+        gearnat::netns::exists_named(&rock),
+        "a found namespace was deleted"
+    );
+    assert!(
+        !gearnat::netns::exists_named(&mongo),
+        "a created namespace was kept"
+    );
+    assert!(
+        !nft_list(&rock).contains("gearnat"),
+        "{rock} keeps gearnat's table"
+    );
+    let links = common::exec(host.host_ns(), &["ip", "-o", "link"]);
+    let links = String::from_utf8(links.stdout).unwrap();
+    assert!(!links.contains("gnt7") && !links.contains(" gn"), "{links}");
+}
