@@ -256,31 +256,11 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
         }
     }
     let wanted: BTreeSet<&str> = desired.instances.iter().map(|i| i.id.as_str()).collect();
-    for id in record
+    let gone = record
         .instances
         .iter()
-        .filter(|id| !wanted.contains(id.as_str()))
-    {
-        let Some(seen) = observed.instances.get(id).filter(|s| s.netns_exists) else {
-            continue;
-        };
-        let delete_netns = record.created_netns.contains(id);
-        plan.wiring
-            .insert(id.clone(), Wiring::Remove { delete_netns });
-        if seen.table.is_some() && !delete_netns {
-            let table = TableChange {
-                delete_table: true,
-                ..TableChange::default()
-            };
-            plan.instances.insert(
-                id.clone(),
-                NsPlan {
-                    table,
-                    sysctls: vec![],
-                },
-            );
-        }
-    }
+        .filter(|id| !wanted.contains(id.as_str()));
+    remove_instances(&mut plan, gone, observed, record);
     plan
 }
 
@@ -374,7 +354,19 @@ pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bo
             }
         };
     }
-    for id in record.instances {
+    remove_instances(&mut plan, record.instances.iter(), observed, record);
+    plan
+}
+
+/// Unwires instances the deployment no longer has: their namespace is deleted if gearnat
+/// created it, else only gearnat's table in it goes.
+fn remove_instances<'a>(
+    plan: &mut Plan,
+    ids: impl Iterator<Item = &'a String>,
+    observed: &Observed,
+    record: &Record,
+) {
+    for id in ids {
         let Some(seen) = observed.instances.get(id).filter(|s| s.netns_exists) else {
             continue;
         };
@@ -386,16 +378,13 @@ pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bo
                 delete_table: true,
                 ..TableChange::default()
             };
-            plan.instances.insert(
-                id.clone(),
-                NsPlan {
-                    table,
-                    sysctls: vec![],
-                },
-            );
+            let ns = NsPlan {
+                table,
+                sysctls: vec![],
+            };
+            plan.instances.insert(id.clone(), ns);
         }
     }
-    plan
 }
 
 #[cfg(test)]
