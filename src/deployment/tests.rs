@@ -211,6 +211,8 @@ fn pinned_ports_clash_with_explicit_externals_and_each_other() {
         [
             "seed.json:5:62: host port 4000/tcp is already claimed by container \"web\" (line 3); \
              choose another External, or leave it out to let the host pick",
+            "seed.json:6:69: Internal 27017/tcp appears twice in this instance's Ports; remove \
+             one of them",
             "seed.json:7:12: instance \"db-2\" is listed twice in Instances (first at line 6); \
              remove one of them",
             "seed.json:8:60: port 70000 is out of range; use 1..65535, or 0 to let the host pick",
@@ -842,4 +844,53 @@ fn raw_form_serializes_in_geards_camel_case() {
         serde_json::to_value(&lower).unwrap()["Containers"][0]["PublicPorts"][0]["External"],
         6060
     );
+}
+
+/// Files of half the size limit built to make a careless checker quadratic: all four are read in
+/// a few seconds in a debug build (a quadratic checker takes many minutes).
+#[test]
+fn large_files_stay_cheap() {
+    let near_limit = |item: &dyn Fn(usize) -> String, open: &str, close: &str| {
+        let mut s = open.to_string();
+        let mut i = 0;
+        while s.len() < MAX_FILE_BYTES as usize / 2 {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&item(i));
+            i += 1;
+        }
+        s + close
+    };
+    let start = std::time::Instant::now();
+    // Distinct keys in one object.
+    let keys = near_limit(&|i| format!("\"k{i}\":0"), "{", "}");
+    let lines = errors(&keys);
+    assert_eq!(lines.len(), MAX_PROBLEMS_SHOWN + 1);
+    // Link ports.
+    let ports = near_limit(
+        &|i| format!("{}", 1 + i % 65535),
+        &linked_prefix(),
+        "]}]}]}",
+    );
+    errors(&ports);
+    // Links.
+    let links = near_limit(&|_| "{\"To\": \"db\"}".to_string(), &links_prefix(), "]}]}");
+    errors(&links);
+    // Instance ports.
+    let inst = near_limit(
+        &|i| format!("{{\"Internal\": {}, \"External\": 1}}", 1 + i % 65535),
+        "{\"Instances\": [{\"Id\": \"db-1\", \"Ports\": [",
+        "]}]}",
+    );
+    let _ = parse(&inst, "seed.json", "seed");
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
+}
+
+fn linked_prefix() -> String {
+    format!("{{\"Containers\": [{DB}, {{\"Name\": \"web\", \"Count\": 1, \"Links\": [{{\"To\": \"db\", \"Ports\": [")
+}
+
+fn links_prefix() -> String {
+    format!("{{\"Containers\": [{DB}, {{\"Name\": \"web\", \"Count\": 0, \"Links\": [")
 }
