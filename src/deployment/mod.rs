@@ -139,8 +139,9 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<Deployment, DeploymentErr
     let file = path.display().to_string();
     let from_flag = name.is_some();
     let name = name.map_or_else(|| name_from_path(path), str::to_string);
-    check_name(&file, &name, from_flag)?;
+    // A missing file is the first thing to say, before anything about its name.
     let source = read_file(path, &file)?;
+    check_name(&file, &name, from_flag)?;
     parse_checked(&source, &file, name)
 }
 

@@ -313,7 +313,7 @@ fn ports_must_be_in_range() {
     );
     assert_eq!(
         port("99999999999999999999"),
-        "seed.json:2:46: Internal 99999999999999999999 is far out of range"
+        "seed.json:2:46: Internal 99999999999999999999 is far out of range; use 1..65535"
     );
     ok(&with(
         r#"{"Name": "web", "PublicPorts": [{"Internal": 65535, "External": 1}]}"#,
@@ -540,6 +540,20 @@ fn unknown_keys_and_wrong_types() {
         error("{\"Containers\": [], \"Volumes\": []}"),
         "seed.json:1:20: unknown key \"Volumes\" at the top level; remove it (the keys here are \
          Containers, Instances, IdPrefix, RandomizeIds)"
+    );
+    assert_eq!(
+        error("{\"Count\": 1}"),
+        "seed.json:1:2: key \"Count\" does not belong at the top level; Count belongs in a \
+         container: move it there or remove it"
+    );
+    assert_eq!(
+        error(&with(r#"{"Name": "web", "ports": [80]}"#)),
+        "seed.json:2:17: key \"ports\" does not belong in a container; Ports belongs in a link or \
+         an instance: move it there or remove it"
+    );
+    assert_eq!(
+        error(&with(r#"{"Name": "web", "Count": 99999999999999999999}"#)),
+        "seed.json:2:26: Count 99999999999999999999 is far out of range; use 0..10000"
     );
     assert_eq!(
         error("{\"Containers\": {}}"),
