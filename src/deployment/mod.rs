@@ -1,9 +1,9 @@
 //! Reading deployment files: raw JSON with positions, then validation into `model`.
 //!
-//! Three steps, each in its own module: [`json`] reads the text into a tree that knows the line
+//! Three steps, each in its own module: `json` reads the text into a tree that knows the line
 //! and column of every key and value; [`raw`] turns the tree into the file's own types, exactly as
 //! written (keys matched case-insensitively as geard's Go decoder did, unknown keys and wrong
-//! types refused); [`validate`] checks meaning and builds [`model::Deployment`], the only form
+//! types refused); `validate` checks meaning and builds [`model::Deployment`], the only form
 //! the rest of gearnat sees. Every problem found is reported, each with its position and a fix.
 
 mod json;

@@ -1,4 +1,4 @@
-//! From the raw file to [`model::Deployment`]: every check of meaning, each problem with the
+//! From the raw file to [`Deployment`]: every check of meaning, each problem with the
 //! position of the value at fault and a way to fix it.
 //!
 //! The size limits come first, so a huge file costs nothing more than reading it; then the
@@ -28,6 +28,7 @@ const ENV_VALUE_MAX: usize = 8 * 1024;
 
 const PORT_RANGE: &str = "use 1..65535";
 
+/// Checks the raw file and builds the deployment named `name`, or returns every problem found.
 pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Problem>> {
     let mut v = Validator::default();
     // The first container of a name is the one links reach, as in geard's `Containers.Find`.
@@ -40,30 +41,12 @@ pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Pro
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
-    if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
-        v.problem(
-            r.pos,
-            "RandomizeIds is not supported: gearnat keeps instance ids stable; remove it",
-        );
-    }
+    v.top_level(raw);
     let id_prefix = raw
         .id_prefix
         .as_ref()
         .map(|p| p.value.clone())
         .unwrap_or_default();
-    if let Some(prefix) = &raw.id_prefix {
-        if let Some(c) = bad_id_char(&prefix.value) {
-            v.problem(
-                prefix.pos,
-                format!(
-                    "IdPrefix {:?} contains {}, which geard's instance ids may not contain \
-                     ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
-                    prefix.value,
-                    quote_char(c)
-                ),
-            );
-        }
-    }
     let mut containers: Vec<Container> = raw
         .containers
         .iter()
@@ -110,6 +93,31 @@ impl Validator {
             pos,
             message: message.into(),
         });
+    }
+
+    /// `RandomizeIds` and `IdPrefix`.
+    fn top_level(&mut self, raw: &RawDeployment) {
+        // geard's random ids were longer than its own id rule allowed, and an id that changes on
+        // every deployment would make every instance new each time.
+        if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
+            self.problem(
+                r.pos,
+                "RandomizeIds is not supported: gearnat keeps instance ids stable; remove it",
+            );
+        }
+        if let Some(prefix) = &raw.id_prefix {
+            if let Some(c) = bad_id_char(&prefix.value) {
+                self.problem(
+                    prefix.pos,
+                    format!(
+                        "IdPrefix {:?} contains {}, which geard's instance ids may not contain \
+                         ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
+                        prefix.value,
+                        quote_char(c)
+                    ),
+                );
+            }
+        }
     }
 
     /// [`MAX_COUNT`], [`MAX_MAPPINGS`] and [`MAX_LINK_ENTRIES`]; the limits on array lengths
