@@ -346,10 +346,7 @@ impl Reader<'_> {
                 Some(_) => {
                     return Err(self.error(
                         self.pos(),
-                        format!(
-                            "expected `:` after the key \"{key}\", found {}",
-                            self.found()
-                        ),
+                        format!("expected `:` after the key {key:?}, found {}", self.found()),
                     ))
                 }
             }
@@ -362,7 +359,7 @@ impl Reader<'_> {
                 Some(first) => self.problems.push(self.error(
                     key_pos,
                     format!(
-                        "duplicate key \"{key}\" (keys match regardless of case; the first is at \
+                        "duplicate key {key:?} (keys match regardless of case; the first is at \
                          line {}, column {}); remove one of them",
                         first.line, first.col
                     ),

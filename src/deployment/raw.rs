@@ -505,7 +505,7 @@ fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
     };
     if let Some((k, place)) = KEY_PLACES.iter().find(|(k, _)| fold_key(k) == folded) {
         return format!(
-            "key \"{key}\" does not belong {where_}; {k} belongs {place}: move it there or \
+            "key {key:?} does not belong {where_}; {k} belongs {place}: move it there or \
              remove it"
         );
     }
@@ -518,10 +518,10 @@ fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
             } else {
                 k.to_lowercase()
             };
-            format!("unknown key \"{key}\" {where_}; did you mean \"{k}\"?")
+            format!("unknown key {key:?} {where_}; did you mean \"{k}\"?")
         }
         None => format!(
-            "unknown key \"{key}\" {where_}; remove it (the keys here are {})",
+            "unknown key {key:?} {where_}; remove it (the keys here are {})",
             keys.join(", ")
         ),
     }

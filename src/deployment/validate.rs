@@ -280,9 +280,10 @@ impl Validator {
                 Some(p) => self.problem(
                     n.pos,
                     format!(
-                        "a second container named {:?} (the first is at line {}); rename one of \
+                        "a second container named {:?} (the first is at {}); rename one of \
                          them",
-                        n.value, p.line
+                        n.value,
+                        at(*p)
                     ),
                 ),
                 None => {
@@ -307,14 +308,17 @@ impl Validator {
                     self.problem(
                         pos,
                         format!(
-                            "Internal {}/{} is published twice in this container (also at line \
-                             {}); remove one of them",
-                            port.internal, port.proto, first.line
+                            "Internal {}/{} is published twice in this container (also at {}); \
+                             remove one of them",
+                            port.internal,
+                            port.proto,
+                            at(*first)
                         ),
                     );
                 }
                 None => {
-                    seen.insert((port.internal, port.proto), p.pos);
+                    let pos = p.internal.as_ref().map_or(p.pos, |i| i.pos);
+                    seen.insert((port.internal, port.proto), pos);
                     if let (Some(external), Some(e)) = (port.external, &p.external) {
                         self.explicit_external(external, port.proto, name, count, e.pos);
                     }
@@ -390,11 +394,11 @@ impl Validator {
     /// Records a claim on a host port, or reports the clash with an earlier one.
     fn claim(&mut self, external: u16, proto: Proto, who: String, pos: Pos) -> bool {
         match self.claims.get(&(external, proto)) {
-            Some((other, at)) => {
+            Some((other, first)) => {
                 let message = format!(
-                    "host port {external}/{proto} is already claimed by {other} (line {}); \
+                    "host port {external}/{proto} is already claimed by {other} (at {}); \
                      choose another External, or leave it out to let the host pick",
-                    at.line
+                    at(*first)
                 );
                 self.problem(pos, message);
                 false
@@ -440,7 +444,7 @@ impl Validator {
                 self.problem(
                     v.pos,
                     format!(
-                        "the value of {name} has {} bytes, more than geard's limit of \
+                        "the value of {name:?} has {} bytes, more than geard's limit of \
                          {ENV_VALUE_MAX} (8 KiB); shorten it",
                         v.value.len()
                     ),
@@ -602,9 +606,10 @@ impl Validator {
                 Some(p) => self.problem(
                     to.pos,
                     format!(
-                        "a second link to {:?} in this container (the first is at line {}); \
+                        "a second link to {:?} in this container (the first is at {}); \
                          merge them into one link",
-                        to.value, p.line
+                        to.value,
+                        at(*p)
                     ),
                 ),
                 None => {
@@ -640,9 +645,10 @@ impl Validator {
                 self.problem(
                     id.pos,
                     format!(
-                        "instance {:?} is listed twice in Instances (first at line {}); remove \
+                        "instance {:?} is listed twice in Instances (first at {}); remove \
                          one of them",
-                        id.value, first.line
+                        id.value,
+                        at(*first)
                     ),
                 );
                 continue;
@@ -727,6 +733,11 @@ impl Validator {
             .contains(&n)
             .then_some(InstanceNumber { container, n })
     }
+}
+
+/// A position for a message that refers to another place in the file.
+fn at(pos: Pos) -> String {
+    format!("line {}, column {}", pos.line, pos.col)
 }
 
 fn name_of(c: &RawContainer) -> Option<&str> {
