@@ -5,6 +5,11 @@
 //! written (keys matched case-insensitively as geard's Go decoder did, unknown keys and wrong
 //! types refused); `validate` checks meaning and builds [`model::Deployment`], the only form
 //! the rest of gearnat sees. Every problem found is reported, each with its position and a fix.
+//!
+//! Messages read `FILE:LINE:COLUMN: what is wrong; how to fix it`, one line per problem, lines
+//! and columns 1-based, columns counted in characters, sorted by position; past
+//! [`MAX_PROBLEMS_SHOWN`] a last line `FILE: N more problems not shown; ...` counts the rest.
+//! A syntax error ends reading, so it comes alone (with any duplicate keys before it).
 
 mod json;
 pub mod raw;
