@@ -6,6 +6,7 @@
 //! no extensions (no comments, no trailing commas), and three limits that keep a hostile file
 //! cheap: [`MAX_DEPTH`], [`MAX_STRING_BYTES`] and the file size limit checked by the caller.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use super::Problem;
@@ -316,7 +317,7 @@ impl Reader<'_> {
         self.bump(); // {
         let mut members: Vec<Member> = Vec::new();
         // Folded key -> position of its first occurrence.
-        let mut seen: Vec<(String, Pos)> = Vec::new();
+        let mut seen: HashMap<String, Pos> = HashMap::new();
         self.skip_space()?;
         if self.peek() == Some(b'}') {
             self.bump();
@@ -345,10 +346,7 @@ impl Reader<'_> {
                 Some(_) => {
                     return Err(self.error(
                         self.pos(),
-                        format!(
-                            "expected `:` after the key \"{key}\", found {}",
-                            self.found()
-                        ),
+                        format!("expected `:` after the key {key:?}, found {}", self.found()),
                     ))
                 }
             }
@@ -357,17 +355,17 @@ impl Reader<'_> {
             let folded = fold_key(&key);
             // Go's encoding/json keeps the last of two equal keys without a word; a duplicate
             // is almost always an edit gone wrong, so it is refused.
-            match seen.iter().find(|(k, _)| *k == folded) {
-                Some((_, first)) => self.problems.push(self.error(
+            match seen.get(&folded) {
+                Some(first) => self.problems.push(self.error(
                     key_pos,
                     format!(
-                        "duplicate key \"{key}\" (keys match regardless of case; the first is at \
+                        "duplicate key {key:?} (keys match regardless of case; the first is at \
                          line {}, column {}); remove one of them",
                         first.line, first.col
                     ),
                 )),
                 None => {
-                    seen.push((folded, key_pos));
+                    seen.insert(folded, key_pos);
                     members.push(Member {
                         key,
                         key_pos,

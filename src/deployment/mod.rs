@@ -1,10 +1,15 @@
 //! Reading deployment files: raw JSON with positions, then validation into `model`.
 //!
-//! Three steps, each in its own module: [`json`] reads the text into a tree that knows the line
+//! Three steps, each in its own module: `json` reads the text into a tree that knows the line
 //! and column of every key and value; [`raw`] turns the tree into the file's own types, exactly as
 //! written (keys matched case-insensitively as geard's Go decoder did, unknown keys and wrong
-//! types refused); [`validate`] checks meaning and builds [`model::Deployment`], the only form
+//! types refused); `validate` checks meaning and builds [`model::Deployment`], the only form
 //! the rest of gearnat sees. Every problem found is reported, each with its position and a fix.
+//!
+//! Messages read `FILE:LINE:COLUMN: what is wrong; how to fix it`, one line per problem, lines
+//! and columns 1-based, columns counted in characters, sorted by position; past
+//! [`MAX_PROBLEMS_SHOWN`] a last line `FILE: N more problems not shown; ...` counts the rest.
+//! A syntax error ends reading, so it comes alone (with any duplicate keys before it).
 
 mod json;
 pub mod raw;
@@ -139,8 +144,9 @@ pub fn load(path: &Path, name: Option<&str>) -> Result<Deployment, DeploymentErr
     let file = path.display().to_string();
     let from_flag = name.is_some();
     let name = name.map_or_else(|| name_from_path(path), str::to_string);
-    check_name(&file, &name, from_flag)?;
+    // A missing file is the first thing to say, before anything about its name.
     let source = read_file(path, &file)?;
+    check_name(&file, &name, from_flag)?;
     parse_checked(&source, &file, name)
 }
 

@@ -9,7 +9,7 @@
 use serde::{Serialize, Serializer};
 
 use super::json::{fold_key, Node, Pos, Value};
-use super::{Problem, MAX_CONTAINERS, MAX_PUBLIC_PORTS};
+use super::{Problem, MAX_CONTAINERS, MAX_COUNT, MAX_PUBLIC_PORTS};
 
 /// A value and where it is in the file. Serializes as the value alone.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,7 +266,15 @@ impl Builder {
                 pos: node.pos,
             }),
             Err(_) => {
-                self.problem(node.pos, format!("{what} {text} is far out of range"));
+                let range = if what == "Count" {
+                    format!("0..{MAX_COUNT}")
+                } else {
+                    "1..65535".to_string()
+                };
+                self.problem(
+                    node.pos,
+                    format!("{what} {text} is far out of range; use {range}"),
+                );
                 None
             }
         }
@@ -453,7 +461,36 @@ impl Builder {
     }
 }
 
-/// The message for an unknown key: the closest known key if one is close, else the list.
+/// Where each key of the format belongs, for a key written at the wrong level.
+const KEY_PLACES: &[(&str, &str)] = &[
+    ("Containers", "at the top level"),
+    ("Instances", "at the top level"),
+    ("IdPrefix", "at the top level"),
+    ("RandomizeIds", "at the top level"),
+    ("Name", "in a container or an environment variable"),
+    ("Image", "in a container or an instance"),
+    ("Count", "in a container"),
+    ("PublicPorts", "in a container"),
+    ("Links", "in a container"),
+    ("Environment", "in a container"),
+    ("Affinity", "in a container"),
+    ("Internal", "in a public port"),
+    ("External", "in a public port"),
+    ("Protocol", "in a public port"),
+    ("To", "in a link"),
+    ("NonLocal", "in a link"),
+    ("MatchPort", "in a link"),
+    ("Ports", "in a link or an instance"),
+    ("AliasPorts", "in a link"),
+    ("Value", "in an environment variable"),
+    ("Id", "in an instance"),
+    ("From", "in an instance"),
+    ("On", "in an instance"),
+    ("Target", "in an instance port"),
+];
+
+/// The message for an unknown key: where it belongs if it is a key of another level, else the
+/// closest known key if one is close, else the list of keys.
 fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
     let folded = fold_key(key);
     let closest = keys
@@ -466,6 +503,12 @@ fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
     } else {
         format!("in {what}")
     };
+    if let Some((k, place)) = KEY_PLACES.iter().find(|(k, _)| fold_key(k) == folded) {
+        return format!(
+            "key {key:?} does not belong {where_}; {k} belongs {place}: move it there or \
+             remove it"
+        );
+    }
     match closest {
         Some((_, k)) => {
             // Suggest in the spelling the file uses: geard's examples are all lower case or
@@ -475,10 +518,10 @@ fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
             } else {
                 k.to_lowercase()
             };
-            format!("unknown key \"{key}\" {where_}; did you mean \"{k}\"?")
+            format!("unknown key {key:?} {where_}; did you mean \"{k}\"?")
         }
         None => format!(
-            "unknown key \"{key}\" {where_}; remove it (the keys here are {})",
+            "unknown key {key:?} {where_}; remove it (the keys here are {})",
             keys.join(", ")
         ),
     }

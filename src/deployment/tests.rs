@@ -213,10 +213,12 @@ fn pinned_ports_clash_with_explicit_externals_and_each_other() {
     assert_eq!(
         errors(src),
         [
-            "seed.json:5:62: host port 4000/tcp is already claimed by container \"web\" (line 3); \
-             choose another External, or leave it out to let the host pick",
-            "seed.json:7:12: instance \"db-2\" is listed twice in Instances (first at line 6); \
-             remove one of them",
+            "seed.json:5:62: host port 4000/tcp is already claimed by container \"web\" (at line 3, \
+             column 91); choose another External, or leave it out to let the host pick",
+            "seed.json:6:69: Internal 27017/tcp appears twice in this instance's Ports; remove \
+             one of them",
+            "seed.json:7:12: instance \"db-2\" is listed twice in Instances (first at line 6, column \
+             12); remove one of them",
             "seed.json:8:60: port 70000 is out of range; use 1..65535, or 0 to let the host pick",
         ]
     );
@@ -236,8 +238,8 @@ fn randomize_ids_is_refused() {
 fn container_names() {
     assert_eq!(
         error(&with(r#"{"Name": "web", "Count": 1}, {"Name": "web"}"#)),
-        "seed.json:2:39: a second container named \"web\" (the first is at line 2); rename one \
-         of them"
+        "seed.json:2:39: a second container named \"web\" (the first is at line 2, column 10); \
+         rename one of them"
     );
     assert_eq!(
         error(&with(r#"{"Count": 1}"#)),
@@ -315,7 +317,7 @@ fn ports_must_be_in_range() {
     );
     assert_eq!(
         port("99999999999999999999"),
-        "seed.json:2:46: Internal 99999999999999999999 is far out of range"
+        "seed.json:2:46: Internal 99999999999999999999 is far out of range; use 1..65535"
     );
     ok(&with(
         r#"{"Name": "web", "PublicPorts": [{"Internal": 65535, "External": 1}]}"#,
@@ -343,24 +345,24 @@ fn public_port_clashes() {
             r#"{"Name": "web", "PublicPorts": [{"Internal": 80},
 {"Internal": 80, "External": 8080}]}"#
         )),
-        "seed.json:3:14: Internal 80/tcp is published twice in this container (also at line 2); \
-         remove one of them"
+        "seed.json:3:14: Internal 80/tcp is published twice in this container (also at line 2, column \
+         46); remove one of them"
     );
     assert_eq!(
         error(&with(
             r#"{"Name": "web", "Count": 1, "PublicPorts": [{"Internal": 80, "External": 8080}]},
 {"Name": "api", "Count": 1, "PublicPorts": [{"Internal": 81, "External": 8080}]}"#
         )),
-        "seed.json:3:74: host port 8080/tcp is already claimed by container \"web\" (line 2); \
-         choose another External, or leave it out to let the host pick"
+        "seed.json:3:74: host port 8080/tcp is already claimed by container \"web\" (at line 2, \
+         column 74); choose another External, or leave it out to let the host pick"
     );
     assert_eq!(
         error(&with(
             r#"{"Name": "web", "Count": 1, "PublicPorts": [{"Internal": 80, "External": 8080},
 {"Internal": 81, "External": 8080}]}"#
         )),
-        "seed.json:3:30: host port 8080/tcp is already claimed by container \"web\" (line 2); \
-         choose another External, or leave it out to let the host pick"
+        "seed.json:3:30: host port 8080/tcp is already claimed by container \"web\" (at line 2, \
+         column 74); choose another External, or leave it out to let the host pick"
     );
     assert_eq!(
         error(&with(
@@ -491,8 +493,8 @@ fn link_errors() {
     );
     assert_eq!(
         error(&linked(r#"{"To": "db"}, {"To": "db", "Ports": [27017]}"#)),
-        "seed.json:3:60: a second link to \"db\" in this container (the first is at line 3); \
-         merge them into one link"
+        "seed.json:3:60: a second link to \"db\" in this container (the first is at line 3, column \
+         46); merge them into one link"
     );
     assert_eq!(
         error(&linked(r#"{"To": "db", "NonLocal": "yes"}"#)),
@@ -515,7 +517,7 @@ fn environment_limits() {
     );
     assert_eq!(
         error(&env("A", &"v".repeat(8193))),
-        "seed.json:2:56: the value of A has 8193 bytes, more than geard's limit of 8192 (8 KiB); \
+        "seed.json:2:56: the value of \"A\" has 8193 bytes, more than geard's limit of 8192 (8 KiB); \
          shorten it"
     );
     assert_eq!(
@@ -542,6 +544,20 @@ fn unknown_keys_and_wrong_types() {
         error("{\"Containers\": [], \"Volumes\": []}"),
         "seed.json:1:20: unknown key \"Volumes\" at the top level; remove it (the keys here are \
          Containers, Instances, IdPrefix, RandomizeIds)"
+    );
+    assert_eq!(
+        error("{\"Count\": 1}"),
+        "seed.json:1:2: key \"Count\" does not belong at the top level; Count belongs in a \
+         container: move it there or remove it"
+    );
+    assert_eq!(
+        error(&with(r#"{"Name": "web", "ports": [80]}"#)),
+        "seed.json:2:17: key \"ports\" does not belong in a container; Ports belongs in a link or \
+         an instance: move it there or remove it"
+    );
+    assert_eq!(
+        error(&with(r#"{"Name": "web", "Count": 99999999999999999999}"#)),
+        "seed.json:2:26: Count 99999999999999999999 is far out of range; use 0..10000"
     );
     assert_eq!(
         error("{\"Containers\": {}}"),
@@ -845,4 +861,97 @@ fn raw_form_serializes_in_geards_camel_case() {
         serde_json::to_value(&lower).unwrap()["Containers"][0]["PublicPorts"][0]["External"],
         6060
     );
+}
+
+/// Files of half the size limit built to make a careless checker quadratic: all four are read in
+/// a few seconds in a debug build (a quadratic checker takes many minutes).
+#[test]
+fn large_files_stay_cheap() {
+    let near_limit = |item: &dyn Fn(usize) -> String, open: &str, close: &str| {
+        let mut s = open.to_string();
+        let mut i = 0;
+        while s.len() < MAX_FILE_BYTES as usize / 2 {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&item(i));
+            i += 1;
+        }
+        s + close
+    };
+    let start = std::time::Instant::now();
+    // Distinct keys in one object.
+    let keys = near_limit(&|i| format!("\"k{i}\":0"), "{", "}");
+    let lines = errors(&keys);
+    assert_eq!(lines.len(), MAX_PROBLEMS_SHOWN + 1);
+    // Link ports.
+    let ports = near_limit(
+        &|i| format!("{}", 1 + i % 65535),
+        &linked_prefix(),
+        "]}]}]}",
+    );
+    errors(&ports);
+    // Links.
+    let links = near_limit(&|_| "{\"To\": \"db\"}".to_string(), &links_prefix(), "]}]}");
+    errors(&links);
+    // Instance ports.
+    let inst = near_limit(
+        &|i| format!("{{\"Internal\": {}, \"External\": 1}}", 1 + i % 65535),
+        "{\"Instances\": [{\"Id\": \"db-1\", \"Ports\": [",
+        "]}]}",
+    );
+    let _ = parse(&inst, "seed.json", "seed");
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
+}
+
+fn linked_prefix() -> String {
+    format!("{{\"Containers\": [{DB}, {{\"Name\": \"web\", \"Count\": 1, \"Links\": [{{\"To\": \"db\", \"Ports\": [")
+}
+
+fn links_prefix() -> String {
+    format!("{{\"Containers\": [{DB}, {{\"Name\": \"web\", \"Count\": 0, \"Links\": [")
+}
+
+/// Thousands of damaged copies of the geard output file (bytes deleted, inserted, truncated):
+/// each is accepted or refused with messages, never a panic.
+#[test]
+fn damaged_files_never_panic() {
+    let source =
+        std::fs::read_to_string(fixture("rockmongo_mongodb.json.20140422-072112")).unwrap();
+    let alphabet: Vec<char> = "{}[]:,\"\\ 0123456789-.eEtrufalsn\u{e9}\u{1F600}\nxuD8"
+        .chars()
+        .collect();
+    // A fixed linear congruential generator: the same cases on every run.
+    let mut state: u64 = 0x2014_0422_0721;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    for _ in 0..3000 {
+        let mut chars: Vec<char> = source.chars().collect();
+        for _ in 0..1 + next(4) {
+            let at = next(chars.len().max(1)).min(chars.len());
+            match next(3) {
+                0 if at < chars.len() => {
+                    chars.remove(at);
+                }
+                1 => chars.insert(at, alphabet[next(alphabet.len())]),
+                _ => chars.truncate(at.max(1)),
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        match parse(&text, "damaged.json", "damaged") {
+            Ok(_) => {}
+            Err(e) => {
+                let message = e.to_string();
+                assert!(!e.problems().is_empty(), "{message}");
+                assert!(
+                    message.lines().all(|l| l.starts_with("damaged.json:")),
+                    "{message}"
+                );
+            }
+        }
+    }
 }

@@ -1,11 +1,11 @@
-//! From the raw file to [`model::Deployment`]: every check of meaning, each problem with the
+//! From the raw file to [`Deployment`]: every check of meaning, each problem with the
 //! position of the value at fault and a way to fix it.
 //!
 //! The size limits come first, so a huge file costs nothing more than reading it; then the
 //! containers (names, counts, public ports, host port claims), the links, the environment and
 //! last the `Instances` of a geard output file, which pin host ports geard already gave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::json::Pos;
 use super::raw::{
@@ -28,47 +28,40 @@ const ENV_VALUE_MAX: usize = 8 * 1024;
 
 const PORT_RANGE: &str = "use 1..65535";
 
+/// Checks the raw file and builds the deployment named `name`, or returns every problem found.
 pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Problem>> {
     let mut v = Validator::default();
+    // The first container of a name is the one links reach, as in geard's `Containers.Find`.
+    for (i, c) in raw.containers.iter().enumerate() {
+        if let Some(name) = name_of(c) {
+            v.names.entry(name.to_string()).or_insert(i);
+        }
+    }
     v.limits(raw);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
-    if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
-        v.problem(
-            r.pos,
-            "RandomizeIds is not supported: gearnat keeps instance ids stable; remove it",
-        );
-    }
+    v.top_level(raw);
     let id_prefix = raw
         .id_prefix
         .as_ref()
         .map(|p| p.value.clone())
         .unwrap_or_default();
-    if let Some(prefix) = &raw.id_prefix {
-        if let Some(c) = bad_id_char(&prefix.value) {
-            v.problem(
-                prefix.pos,
-                format!(
-                    "IdPrefix {:?} contains {}, which geard's instance ids may not contain \
-                     ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
-                    prefix.value,
-                    quote_char(c)
-                ),
-            );
-        }
-    }
     let mut containers: Vec<Container> = raw
         .containers
         .iter()
         .map(|c| v.container(c, &id_prefix, raw.id_prefix.is_some()))
         .collect();
     v.duplicate_names(raw);
+    let published: Vec<HashSet<u16>> = containers
+        .iter()
+        .map(|c| c.public_ports.iter().map(|p| p.internal).collect())
+        .collect();
     for (i, c) in raw.containers.iter().enumerate() {
         let links = c
             .links
             .iter()
-            .map(|l| v.link(raw, &containers, i, l))
+            .map(|l| v.link(&containers, &published, i, l))
             .collect::<Vec<_>>();
         containers[i].links = links.into_iter().flatten().collect();
         v.duplicate_links(c);
@@ -90,6 +83,8 @@ struct Validator {
     problems: Vec<Problem>,
     /// Host ports claimed so far: (External, protocol) -> who claims it, for messages.
     claims: HashMap<(u16, Proto), (String, Pos)>,
+    /// Container name -> index of the first container of that name.
+    names: HashMap<String, usize>,
 }
 
 impl Validator {
@@ -98,6 +93,31 @@ impl Validator {
             pos,
             message: message.into(),
         });
+    }
+
+    /// `RandomizeIds` and `IdPrefix`.
+    fn top_level(&mut self, raw: &RawDeployment) {
+        // geard's random ids were longer than its own id rule allowed, and an id that changes on
+        // every deployment would make every instance new each time.
+        if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
+            self.problem(
+                r.pos,
+                "RandomizeIds is not supported: gearnat keeps instance ids stable; remove it",
+            );
+        }
+        if let Some(prefix) = &raw.id_prefix {
+            if let Some(c) = bad_id_char(&prefix.value) {
+                self.problem(
+                    prefix.pos,
+                    format!(
+                        "IdPrefix {:?} contains {}, which geard's instance ids may not contain \
+                         ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
+                        prefix.value,
+                        quote_char(c)
+                    ),
+                );
+            }
+        }
     }
 
     /// [`MAX_COUNT`], [`MAX_MAPPINGS`] and [`MAX_LINK_ENTRIES`]; the limits on array lengths
@@ -136,8 +156,8 @@ impl Validator {
         let mut entries: u64 = 0;
         for c in &raw.containers {
             for l in &c.links {
-                let to = l.to.as_ref().map(|t| t.value.as_str());
-                let Some(target) = raw.containers.iter().find(|t| name_of(t) == to) else {
+                let to = l.to.as_ref().and_then(|t| self.names.get(&t.value));
+                let Some(target) = to.map(|&t| &raw.containers[t]) else {
                     continue;
                 };
                 let linked = if l.ports.is_empty() && l.alias_ports.is_empty() {
@@ -260,9 +280,10 @@ impl Validator {
                 Some(p) => self.problem(
                     n.pos,
                     format!(
-                        "a second container named {:?} (the first is at line {}); rename one of \
+                        "a second container named {:?} (the first is at {}); rename one of \
                          them",
-                        n.value, p.line
+                        n.value,
+                        at(*p)
                     ),
                 ),
                 None => {
@@ -287,14 +308,17 @@ impl Validator {
                     self.problem(
                         pos,
                         format!(
-                            "Internal {}/{} is published twice in this container (also at line \
-                             {}); remove one of them",
-                            port.internal, port.proto, first.line
+                            "Internal {}/{} is published twice in this container (also at {}); \
+                             remove one of them",
+                            port.internal,
+                            port.proto,
+                            at(*first)
                         ),
                     );
                 }
                 None => {
-                    seen.insert((port.internal, port.proto), p.pos);
+                    let pos = p.internal.as_ref().map_or(p.pos, |i| i.pos);
+                    seen.insert((port.internal, port.proto), pos);
                     if let (Some(external), Some(e)) = (port.external, &p.external) {
                         self.explicit_external(external, port.proto, name, count, e.pos);
                     }
@@ -370,11 +394,11 @@ impl Validator {
     /// Records a claim on a host port, or reports the clash with an earlier one.
     fn claim(&mut self, external: u16, proto: Proto, who: String, pos: Pos) -> bool {
         match self.claims.get(&(external, proto)) {
-            Some((other, at)) => {
+            Some((other, first)) => {
                 let message = format!(
-                    "host port {external}/{proto} is already claimed by {other} (line {}); \
+                    "host port {external}/{proto} is already claimed by {other} (at {}); \
                      choose another External, or leave it out to let the host pick",
-                    at.line
+                    at(*first)
                 );
                 self.problem(pos, message);
                 false
@@ -420,7 +444,7 @@ impl Validator {
                 self.problem(
                     v.pos,
                     format!(
-                        "the value of {name} has {} bytes, more than geard's limit of \
+                        "the value of {name:?} has {} bytes, more than geard's limit of \
                          {ENV_VALUE_MAX} (8 KiB); shorten it",
                         v.value.len()
                     ),
@@ -432,10 +456,11 @@ impl Validator {
         out
     }
 
+    /// One link of container `source`; `published` holds each container's internal ports.
     fn link(
         &mut self,
-        raw: &RawDeployment,
         containers: &[Container],
+        published: &[HashSet<u16>],
         source: usize,
         l: &RawLink,
     ) -> Option<Link> {
@@ -443,11 +468,7 @@ impl Validator {
             // Reported with the raw file.
             return None;
         };
-        let Some(target) = raw
-            .containers
-            .iter()
-            .position(|c| name_of(c) == Some(to.value.as_str()))
-        else {
+        let Some(&target) = self.names.get(&to.value) else {
             let message = unknown_container(&to.value, containers);
             self.problem(to.pos, message);
             return None;
@@ -482,11 +503,13 @@ impl Validator {
             );
             return None;
         }
+        let published = &published[target];
         let mut ports: Vec<u16> = Vec::new();
+        let mut listed: HashSet<u16> = HashSet::new();
         let mut ok = true;
         for p in &l.ports {
-            match self.linked_port(p, t, "in Ports") {
-                Some(port) if ports.contains(&port) => {
+            match self.linked_port(p, t, published, "in Ports") {
+                Some(port) if !listed.insert(port) => {
                     self.problem(p.pos, format!("port {port} is listed twice; remove one"));
                 }
                 Some(port) => ports.push(port),
@@ -494,19 +517,18 @@ impl Validator {
             }
         }
         let mut alias_ports: Vec<(u16, u16)> = Vec::new();
-        let mut aliased: Vec<u16> = Vec::new();
+        let mut aliased: HashSet<u16> = HashSet::new();
         for a in &l.alias_ports {
-            match self.alias_port(a, t) {
-                Some((internal, _)) if aliased.contains(&internal) => {
+            match self.alias_port(a, t, published) {
+                Some((internal, _)) if !aliased.insert(internal) => {
                     self.problem(
                         a.pos,
                         format!("AliasPorts names port {internal} twice; remove one"),
                     );
                 }
                 Some((internal, dial)) => {
-                    aliased.push(internal);
                     // geard links a port named only in AliasPorts as well (links.go).
-                    if !ports.contains(&internal) {
+                    if listed.insert(internal) {
                         ports.push(internal);
                     }
                     if let Some(dial) = dial {
@@ -526,16 +548,23 @@ impl Validator {
     }
 
     /// A port the link names: in range and one of the target's public ports (any protocol).
-    fn linked_port(&mut self, p: &Spanned<i64>, target: &Container, what: &str) -> Option<u16> {
+    fn linked_port(
+        &mut self,
+        p: &Spanned<i64>,
+        target: &Container,
+        published: &HashSet<u16>,
+        what: &str,
+    ) -> Option<u16> {
         let port = self.port(p, PORT_RANGE)?;
-        if target.public_ports.iter().any(|pp| pp.internal == port) {
+        if published.contains(&port) {
             return Some(port);
         }
-        let published: Vec<String> = target
-            .public_ports
-            .iter()
-            .map(|pp| pp.internal.to_string())
-            .collect();
+        let mut list: Vec<u16> = published.iter().copied().collect();
+        list.sort_unstable();
+        let mut published: Vec<String> = list.iter().take(10).map(u16::to_string).collect();
+        if list.len() > 10 {
+            published.push("...".to_string());
+        }
         self.problem(
             p.pos,
             format!(
@@ -549,12 +578,17 @@ impl Validator {
     }
 
     /// An alias: (the target's internal port, the port the source dials if not the same).
-    fn alias_port(&mut self, a: &RawAliasPort, target: &Container) -> Option<(u16, Option<u16>)> {
+    fn alias_port(
+        &mut self,
+        a: &RawAliasPort,
+        target: &Container,
+        published: &HashSet<u16>,
+    ) -> Option<(u16, Option<u16>)> {
         let Some(internal) = &a.internal else {
             // Reported with the raw file.
             return None;
         };
-        let internal = self.linked_port(internal, target, "in AliasPorts");
+        let internal = self.linked_port(internal, target, published, "in AliasPorts");
         let dial = match &a.external {
             Some(e) if e.value != 0 => Some(self.port(
                 e,
@@ -572,9 +606,10 @@ impl Validator {
                 Some(p) => self.problem(
                     to.pos,
                     format!(
-                        "a second link to {:?} in this container (the first is at line {}); \
+                        "a second link to {:?} in this container (the first is at {}); \
                          merge them into one link",
-                        to.value, p.line
+                        to.value,
+                        at(*p)
                     ),
                 ),
                 None => {
@@ -593,39 +628,37 @@ impl Validator {
         containers: &[Container],
         prefix: &str,
     ) -> Vec<PinnedPort> {
-        let by_name: HashMap<&str, usize> = containers
+        // Per container, the public ports whose host port the host picks.
+        let picked_by_host: Vec<HashSet<(u16, Proto)>> = containers
             .iter()
-            .enumerate()
-            .rev() // the first of two equal names wins, as in geard's Find
-            .map(|(i, c)| (c.name.as_str(), i))
+            .map(|c| {
+                let picked = c.public_ports.iter().filter(|p| p.external.is_none());
+                picked.map(|p| (p.internal, p.proto)).collect()
+            })
             .collect();
-        let mut seen: HashMap<String, Pos> = HashMap::new();
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
         let mut pinned = Vec::new();
         for inst in &raw.instances {
             let ports = self.instance_ports(inst);
             let Some(id) = &inst.id else { continue };
-            if let Some(first) = seen.get(&id.value) {
+            if let Some(first) = seen.get(id.value.as_str()) {
                 self.problem(
                     id.pos,
                     format!(
-                        "instance {:?} is listed twice in Instances (first at line {}); remove \
+                        "instance {:?} is listed twice in Instances (first at {}); remove \
                          one of them",
-                        id.value, first.line
+                        id.value,
+                        at(*first)
                     ),
                 );
                 continue;
             }
-            seen.insert(id.value.clone(), id.pos);
-            let Some(instance) = instance_number(&id.value, prefix, &by_name, containers) else {
+            seen.insert(&id.value, id.pos);
+            let Some(instance) = self.instance_number(&id.value, prefix, containers) else {
                 continue;
             };
-            let c = &containers[instance.container];
             for (internal, proto, external, pos) in ports {
-                let picked_by_host = c
-                    .public_ports
-                    .iter()
-                    .any(|p| p.internal == internal && p.proto == proto && p.external.is_none());
-                if !picked_by_host {
+                if !picked_by_host[instance.container].contains(&(internal, proto)) {
                     continue;
                 }
                 let who = format!("instance {:?} in Instances", id.value);
@@ -647,6 +680,7 @@ impl Validator {
     /// External). Checks every entry, whether or not the instance is still deployed.
     fn instance_ports(&mut self, inst: &RawInstance) -> Vec<(u16, Proto, u16, Pos)> {
         let mut out: Vec<(u16, Proto, u16, Pos)> = Vec::new();
+        let mut seen: HashSet<(u16, Proto)> = HashSet::new();
         for p in &inst.ports {
             let Some(internal) = &p.internal else {
                 // Reported with the raw file.
@@ -657,17 +691,13 @@ impl Validator {
             let external = match &p.external {
                 Some(e) if e.value != 0 => self
                     .port(e, "use 1..65535, or 0 to let the host pick")
-                    .map(|x| (x, e.pos)),
-                _ => None,
+                    .map(|x| Some((x, e.pos))),
+                _ => Some(None),
             };
-            let (Some(internal), Some(proto), Some((external, pos))) = (internal, proto, external)
-            else {
+            let (Some(internal), Some(proto), Some(external)) = (internal, proto, external) else {
                 continue;
             };
-            if out
-                .iter()
-                .any(|(i, pr, _, _)| *i == internal && *pr == proto)
-            {
+            if !seen.insert((internal, proto)) {
                 self.problem(
                     p.pos,
                     format!(
@@ -677,10 +707,37 @@ impl Validator {
                 );
                 continue;
             }
-            out.push((internal, proto, external, pos));
+            if let Some((external, pos)) = external {
+                out.push((internal, proto, external, pos));
+            }
         }
         out
     }
+
+    /// Which instance an id names: `prefix + name + "-" + N` with N in 1..=Count, N written as
+    /// geard wrote it (no leading zeros).
+    fn instance_number(
+        &self,
+        id: &str,
+        prefix: &str,
+        containers: &[Container],
+    ) -> Option<InstanceNumber> {
+        let (name, n) = id.strip_prefix(prefix)?.rsplit_once('-')?;
+        let container = *self.names.get(name)?;
+        if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u32 = n.parse().ok()?;
+        let count = containers[container].count;
+        (1..=count)
+            .contains(&n)
+            .then_some(InstanceNumber { container, n })
+    }
+}
+
+/// A position for a message that refers to another place in the file.
+fn at(pos: Pos) -> String {
+    format!("line {}, column {}", pos.line, pos.col)
 }
 
 fn name_of(c: &RawContainer) -> Option<&str> {
@@ -688,25 +745,6 @@ fn name_of(c: &RawContainer) -> Option<&str> {
         .as_ref()
         .map(|n| n.value.as_str())
         .filter(|n| !n.is_empty())
-}
-
-/// Which instance an id names: `prefix + name + "-" + N` with N in 1..=Count, written as geard
-/// wrote it (no leading zeros).
-fn instance_number(
-    id: &str,
-    prefix: &str,
-    by_name: &HashMap<&str, usize>,
-    containers: &[Container],
-) -> Option<InstanceNumber> {
-    let (name, n) = id.strip_prefix(prefix)?.rsplit_once('-')?;
-    let container = *by_name.get(name)?;
-    if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u32 = n.parse().ok()?;
-    (1..=containers[container].count)
-        .contains(&n)
-        .then_some(InstanceNumber { container, n })
 }
 
 fn unknown_container(name: &str, containers: &[Container]) -> String {
