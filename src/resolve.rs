@@ -607,6 +607,34 @@ mod tests {
         assert_eq!(dials, ["192.168.1.1:27017", "192.168.1.2:27017"]);
     }
 
+    /// geard's cluster form: every db instance dials every db instance (itself included).
+    #[test]
+    fn a_self_link_reaches_every_instance_of_the_container() {
+        let mut db = container("db", 3, vec![port(27017, None)], vec![link("db")]);
+        db.links[0].non_local = true;
+        db.links[0].match_port = true;
+        let d = Deployment {
+            name: "cluster".into(),
+            id_prefix: String::new(),
+            containers: vec![db],
+            pinned: vec![],
+        };
+        let (resolved, _) = run(&d, &Reservations::default()).unwrap();
+        for inst in &resolved.instances {
+            let dials: Vec<String> = inst.links.iter().map(|l| l.dial.to_string()).collect();
+            assert_eq!(
+                dials,
+                [
+                    "192.168.1.1:27017",
+                    "192.168.1.2:27017",
+                    "192.168.1.3:27017"
+                ]
+            );
+            let hosts: Vec<u16> = inst.links.iter().map(|l| l.host_port).collect();
+            assert_eq!(hosts, [4000, 4001, 4002]);
+        }
+    }
+
     #[test]
     fn alias_ports_choose_the_dialled_port() {
         let mut d = seed();

@@ -428,6 +428,18 @@ fn links() {
     assert_eq!(d.containers[1].links[0].alias_ports, [(27017, 7017)]);
 }
 
+/// geard's cluster examples link a container to itself.
+#[test]
+fn a_container_may_link_to_itself() {
+    let source = r#"{"Containers": [
+  {"Name": "db", "Count": 2, "PublicPorts": [{"Internal": 27017}],
+   "Links": [{"To": "db", "NonLocal": true, "MatchPort": true}]}
+]}"#;
+    let d = parse(source, "cluster.json", "cluster").unwrap();
+    assert_eq!(d.containers[0].links[0].to, "db");
+    assert!(d.containers[0].links[0].non_local && d.containers[0].links[0].match_port);
+}
+
 #[test]
 fn link_errors() {
     assert_eq!(
@@ -438,10 +450,6 @@ fn link_errors() {
         error(&linked(r#"{"To": "cache"}"#)),
         "seed.json:3:46: link to unknown container \"cache\"; use the Name of one of the \
          containers (\"db\", \"web\")"
-    );
-    assert_eq!(
-        error(&linked(r#"{"To": "web"}"#)),
-        "seed.json:3:46: a link from \"web\" to itself; remove the link"
     );
     assert_eq!(
         error(&linked(r#"{"NonLocal": true}"#)),

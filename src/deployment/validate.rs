@@ -61,7 +61,7 @@ pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Pro
         let links = c
             .links
             .iter()
-            .map(|l| v.link(&containers, &published, i, l))
+            .map(|l| v.link(&containers, &published, l))
             .collect::<Vec<_>>();
         containers[i].links = links.into_iter().flatten().collect();
         v.duplicate_links(c);
@@ -456,12 +456,11 @@ impl Validator {
         out
     }
 
-    /// One link of container `source`; `published` holds each container's internal ports.
+    /// One link; `published` holds each container's internal ports.
     fn link(
         &mut self,
         containers: &[Container],
         published: &[HashSet<u16>],
-        source: usize,
         l: &RawLink,
     ) -> Option<Link> {
         let Some(to) = &l.to else {
@@ -474,13 +473,8 @@ impl Validator {
             return None;
         };
         let t = &containers[target];
-        if target == source {
-            self.problem(
-                to.pos,
-                format!("a link from {:?} to itself; remove the link", t.name),
-            );
-            return None;
-        }
+        // A container may link to itself: geard's own examples do, for database clusters whose
+        // instances dial each other (`{"To": "db", "NonLocal": true, "MatchPort": true}`).
         if t.count == 0 {
             self.problem(
                 to.pos,
