@@ -60,7 +60,12 @@ pub fn observe(
         host_sysctls: read_sysctls(&host_sysctls),
         instances: BTreeMap::new(),
     };
-    if let Some(unowned) = observed.host_table.as_ref().map(|t| t.unowned).filter(|n| *n > 0) {
+    if let Some(unowned) = observed
+        .host_table
+        .as_ref()
+        .map(|t| t.unowned)
+        .filter(|n| *n > 0)
+    {
         log::warn!(
             "the host's table ip gearnat holds {unowned} map elements without an owner comment \
              (written by hand?); gearnat leaves them alone"

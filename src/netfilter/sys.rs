@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::ptr;
 
 use nftnl_sys as sys;
@@ -573,34 +573,19 @@ unsafe fn owned_bytes(p: *const libc::c_void, len: u32) -> Option<Vec<u8>> {
     Some(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len as usize) }.to_vec())
 }
 
-/// A NETLINK_NETFILTER socket in the calling thread's network namespace.
+/// A NETLINK_NETFILTER socket in the calling thread's network namespace, opened and bound by
+/// libmnl.
 pub(crate) struct Socket {
-    fd: OwnedFd,
+    mnl: mnl::Socket,
 }
 
 impl Socket {
     /// Opens and binds the socket; error replies carry only the failing message's header
     /// (NETLINK_CAP_ACK) plus the offset of the attribute the kernel rejected (NETLINK_EXT_ACK).
     pub fn open() -> io::Result<Socket> {
-        let flags = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
-        // SAFETY: plain syscall; a non-negative result is a new descriptor only we own.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, flags, libc::NETLINK_NETFILTER) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
         let socket = Socket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            mnl: mnl::Socket::new(mnl::Bus::Netfilter)?,
         };
-        // SAFETY: sockaddr_nl is plain old data, valid when zeroed.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: `addr` is a valid sockaddr_nl of `len` bytes.
-        let rc = unsafe { libc::bind(fd, ptr::from_ref(&addr).cast(), len) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
         // Both are optional refinements of error reports; old kernels lack them.
         let _ = socket.set_int(libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
         let _ = socket.set_int(libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
@@ -612,7 +597,7 @@ impl Socket {
         // SAFETY: `value` is a c_int that lives across the call.
         let rc = unsafe {
             libc::setsockopt(
-                self.fd.as_raw_fd(),
+                self.mnl.as_raw_fd(),
                 level,
                 name,
                 ptr::from_ref(&value).cast(),
@@ -633,30 +618,15 @@ impl Socket {
         self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, clamp(receive))
     }
 
-    /// Sends `bytes` to the kernel as one datagram: nfnetlink takes a batch from one message only.
+    /// Sends `bytes` to the kernel as one datagram: nfnetlink takes a batch from one message
+    /// only. (libmnl's own `send_all` cuts a batch into 128 KiB pages, which breaks it.)
     pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_nl is plain old data; zeroed with AF_NETLINK addresses the kernel.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: `bytes` and `addr` are valid for the lengths given during the call.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                ptr::from_ref(&addr).cast(),
-                len,
-            )
-        };
-        match usize::try_from(sent) {
-            Err(_) => Err(io::Error::last_os_error()),
-            Ok(n) if n != bytes.len() => Err(io::Error::other(format!(
+        match self.mnl.send(bytes)? {
+            n if n != bytes.len() => Err(io::Error::other(format!(
                 "sent {n} of {} bytes",
                 bytes.len()
             ))),
-            Ok(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -669,7 +639,7 @@ impl Socket {
         let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
         let n = loop {
             // SAFETY: `at` points to `capacity` writable bytes inside `buf`.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), at.cast(), capacity, flags) };
+            let n = unsafe { libc::recv(self.mnl.as_raw_fd(), at.cast(), capacity, flags) };
             match usize::try_from(n) {
                 Ok(n) => break n,
                 Err(_) => {
@@ -692,7 +662,7 @@ impl Socket {
     /// Waits up to `timeout_ms` for a datagram; true when one is queued.
     pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
         let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
+            fd: self.mnl.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
