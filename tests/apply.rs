@@ -555,3 +555,63 @@ fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
     let links = String::from_utf8(links.stdout).unwrap();
     assert!(!links.contains("gnt7") && !links.contains(" gn"), "{links}");
 }
+
+/// Two deployments share the host's table: each reconciles and goes down without touching the
+/// other's mappings.
+#[test]
+fn deployments_leave_each_other_alone() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("ga08");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let first = write(&files, "first.json", &seed(tag));
+    let second = seed(tag)
+        .replace("\"rockmongo\"", "\"web\"")
+        .replace("mongodb", "db")
+        .replace("\"external\":6060", "\"external\":7070");
+    let second = write(&files, "second.json", &second);
+    apply_ok(&host, &first);
+    let out = apply_ok(&host, &second);
+    assert!(
+        out.contains(&format!("{tag}db-1: PortMapping: 27017 -> 4001")),
+        "{out}"
+    );
+    let _web = serve_tcp(&format!("{tag}web-1"), addr("0.0.0.0:80"), "web");
+    let _rock = serve_tcp(
+        &format!("{tag}rockmongo-1"),
+        addr("0.0.0.0:80"),
+        "rockmongo",
+    );
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:6060"), "rockmongo");
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:7070"), "web");
+
+    // Re-applying the first changes nothing of the second, and diff of either is in sync.
+    assert!(apply_ok(&host, &first).contains("in sync"));
+    for file in [&first, &second] {
+        assert_eq!(
+            run(&host, &["diff", file.to_str().unwrap()]).status.code(),
+            Some(0)
+        );
+    }
+    // Down of the first leaves the second's mappings, table and bridge.
+    assert_eq!(
+        run(&host, &["down", first.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    unreachable(host.client_ns(), "192.0.2.1:6060");
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:7070"), "web");
+    let table = common::nft_table(host.host_ns());
+    assert!(
+        table.contains("gearnat:second/") && !table.contains("gearnat:first/"),
+        "{table}"
+    );
+    assert_eq!(
+        run(&host, &["diff", second.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+}
