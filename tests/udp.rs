@@ -6,13 +6,14 @@
 mod common;
 
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::Duration;
 
 use common::{require_root, serve_udp, udp_request, TestHost};
+use gearnat::netns::{self, Netns};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -155,4 +156,171 @@ fn geard_output_form_pins_udp_host_ports() {
     let _server = serve_udp(&log, addr("0.0.0.0:514"), "logged");
     assert_eq!(ask(host.client_ns(), "192.0.2.1:4514"), "logged");
     assert_eq!(ask(&app, "127.0.0.1:514"), "logged");
+}
+
+/// `a` and `b` each publish UDP 53 on host ports `ext_a` and `ext_b`; `app`, when `link` names
+/// one of them, links to it.
+fn two_servers(tag: &str, ext_a: u16, ext_b: u16, link: Option<&str>) -> String {
+    let app = link.map_or(String::new(), |to| {
+        format!(r#", {{ "Name": "app", "Count": 1, "Links": [{{"To": "{to}"}}] }}"#)
+    });
+    format!(
+        r#"{{
+  "IdPrefix": "{tag}",
+  "Containers": [
+    {{ "Name": "a", "Count": 1,
+       "PublicPorts": [{{"Internal": 53, "External": {ext_a}, "Protocol": "udp"}}] }},
+    {{ "Name": "b", "Count": 1,
+       "PublicPorts": [{{"Internal": 53, "External": {ext_b}, "Protocol": "udp"}}] }}{app}
+  ]
+}}"#
+    )
+}
+
+/// A UDP client in a namespace that keeps one source port for all it sends, as a resolver or a
+/// syslog sender does: its datagrams are one conntrack flow.
+struct SteadyClient(UdpSocket);
+
+impl SteadyClient {
+    fn new(ns: &str) -> SteadyClient {
+        let ns = Netns::open_named(ns).unwrap();
+        let socket = netns::run_in(&ns, || UdpSocket::bind("0.0.0.0:0"))
+            .unwrap()
+            .unwrap();
+        SteadyClient(socket)
+    }
+
+    /// Sends one datagram to `to` and returns the reply, if one comes within the timeout.
+    fn ask_once(&self, to: &str) -> Option<String> {
+        let mut buf = [0u8; 512];
+        // Drop late replies to earlier datagrams.
+        self.0.set_nonblocking(true).unwrap();
+        while self.0.recv_from(&mut buf).is_ok() {}
+        self.0.set_nonblocking(false).unwrap();
+        self.0.set_read_timeout(Some(TIMEOUT)).unwrap();
+        self.0.send_to(b"q", addr(to)).unwrap();
+        let (len, _) = self.0.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+    }
+
+    /// Sends until a reply comes (a fresh veth may take a moment).
+    fn ask(&self, to: &str) -> String {
+        (0..20)
+            .find_map(|_| self.ask_once(to))
+            .unwrap_or_else(|| panic!("no UDP answer from {to}"))
+    }
+}
+
+/// Loads an nft script into gearnat's table in `ns` by hand (to show what the kernel does
+/// without gearnat's conntrack cleanup).
+fn nft_script(ns: &str, script: &str) {
+    let path = std::env::temp_dir().join(format!("gearnat-test-{}-{ns}.nft", std::process::id()));
+    fs::write(&path, script).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nft -f:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn instance_addr(ns: &str) -> String {
+    let out = common::exec(ns, &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = text.split_whitespace().nth(3).expect("an address on eth0");
+    cidr.split('/').next().unwrap().to_string()
+}
+
+/// A public port moves from instance a to instance b. A client that keeps its source port
+/// would stay on a forever (shown first by retargeting the map by hand: the steady client keeps
+/// reaching a while a fresh one reaches b); after `gearnat apply` its very next datagram
+/// reaches b, because apply deleted the conntrack entries that led to a.
+#[test]
+fn a_udp_flow_follows_its_public_port_to_the_new_instance_at_once() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("gu03");
+    let tag = host.tag().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "ct.json", &two_servers(&tag, 5353, 5354, None));
+    apply_ok(&host, &file);
+    let (a, b) = (format!("{tag}a-1"), format!("{tag}b-1"));
+    let _sa = serve_udp(&a, addr("0.0.0.0:53"), "a");
+    let _sb = serve_udp(&b, addr("0.0.0.0:53"), "b");
+    let client = SteadyClient::new(host.client_ns());
+    assert_eq!(client.ask("192.0.2.1:5353"), "a");
+
+    // Without cleanup: the map says b, the steady flow still reaches a.
+    let (addr_a, addr_b) = (instance_addr(&a), instance_addr(&b));
+    let element = |to: &str| {
+        format!(
+            "delete element ip gearnat udp_ports {{ 5353 }}\n\
+             add element ip gearnat udp_ports {{ 5353 comment \"gearnat:ct/{a}\" : {to} . 53 }}\n"
+        )
+    };
+    nft_script(host.host_ns(), &element(&addr_b));
+    assert_eq!(ask(host.client_ns(), "192.0.2.1:5353"), "b", "a new flow");
+    for _ in 0..3 {
+        assert_eq!(client.ask_once("192.0.2.1:5353").as_deref(), Some("a"));
+    }
+    nft_script(host.host_ns(), &element(&addr_a));
+    assert_eq!(client.ask_once("192.0.2.1:5353").as_deref(), Some("a"));
+
+    // With gearnat: the port moves to b and the very next datagram of the same flow reaches b.
+    fs::write(&file, two_servers(&tag, 5355, 5353, None)).unwrap();
+    let out = apply_ok(&host, &file);
+    let line = format!("- host conntrack udp 5353 -> {a} {addr_a}:53");
+    assert!(out.contains(&line), "{out}");
+    assert_eq!(client.ask_once("192.0.2.1:5353").as_deref(), Some("b"));
+    assert_eq!(ask(host.client_ns(), "192.0.2.1:5355"), "a");
+}
+
+/// A link's target changes from a to b: in the linking instance, a flow to 127.0.0.1:53 that
+/// keeps its source port reaches b with its next datagram (and would stay on a without the
+/// cleanup, shown by retargeting the link map by hand first).
+#[test]
+fn a_udp_flow_follows_its_link_to_the_new_target_at_once() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("gu04");
+    let tag = host.tag().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "ct.json", &two_servers(&tag, 5353, 5354, Some("a")));
+    apply_ok(&host, &file);
+    let (a, b, app) = (
+        format!("{tag}a-1"),
+        format!("{tag}b-1"),
+        format!("{tag}app-1"),
+    );
+    let _sa = serve_udp(&a, addr("0.0.0.0:53"), "a");
+    let _sb = serve_udp(&b, addr("0.0.0.0:53"), "b");
+    let client = SteadyClient::new(&app);
+    assert_eq!(client.ask("127.0.0.1:53"), "a");
+
+    let element = |port: u16| {
+        format!(
+            "delete element ip gearnat udp_links {{ 127.0.0.1 . 53 }}\n\
+             add element ip gearnat udp_links \
+             {{ 127.0.0.1 . 53 comment \"gearnat:ct/{app}\" : 10.211.0.1 . {port} }}\n"
+        )
+    };
+    nft_script(&app, &element(5354));
+    assert_eq!(ask(&app, "127.0.0.1:53"), "b", "a new flow");
+    for _ in 0..3 {
+        assert_eq!(client.ask_once("127.0.0.1:53").as_deref(), Some("a"));
+    }
+    nft_script(&app, &element(5353));
+
+    fs::write(&file, two_servers(&tag, 5353, 5354, Some("b"))).unwrap();
+    let out = apply_ok(&host, &file);
+    let line = format!("- {app} conntrack udp 127.0.0.1:53 -> 10.211.0.1:5353");
+    assert!(out.contains(&line), "{out}");
+    assert_eq!(client.ask_once("127.0.0.1:53").as_deref(), Some("b"));
 }
