@@ -14,6 +14,7 @@ use crate::ruleset::{Element, Ipv4Net, Layout};
 // Values from <linux/netfilter/nf_tables.h>, <linux/netfilter.h> and <linux/rtnetlink.h>.
 pub(crate) const NFPROTO_IPV4: u16 = 2;
 const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
 const NF_DROP: u32 = 0;
@@ -30,7 +31,11 @@ const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_META_IIF: u32 = 4;
 const NFT_META_OIF: u32 = 5;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_CT_STATE: u32 = 0;
 const NFT_CT_STATUS: u32 = 2;
+/// NF_CT_STATE_INVALID_BIT and NF_CT_STATE_BIT(IP_CT_NEW) of <linux/netfilter/nf_conntrack_common.h>:
+/// `ct state invalid,new`.
+const CT_STATE_INVALID_NEW: u32 = 1 | 8;
 pub(crate) const NFT_NAT_DNAT: u32 = 1;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
@@ -259,6 +264,7 @@ pub(crate) fn table(layout: &Layout) -> Table {
             chains.push(nat_chain("output", NF_INET_LOCAL_OUT, -100, dnat_rules()));
             let rules = vec![loopback_masquerade_rule(), hairpin_masquerade_rule(pool)];
             chains.push(nat_chain("postrouting", NF_INET_POST_ROUTING, 100, rules));
+            chains.push(forward_chain(pool));
         }
         Layout::Instance => {
             let rules = maps
@@ -321,6 +327,47 @@ fn guard_chain() -> Chain {
         priority: -300,
         rules: vec![rule],
     }
+}
+
+/// Only the declared mappings reach the instances from outside: forwarded traffic to the pool
+/// that DNAT sent there passes (`ip daddr <pool> ct status dnat accept`), and new connections
+/// from outside the pool that were not DNATed are dropped (`ip saddr != <pool> ip daddr <pool>
+/// ct state invalid,new drop`). Without it the host, forwarding for the instances, routes
+/// anything a neighbour sends to 10.211.0.x:any straight in. Replies and the instances' own
+/// connections (ct state established, related) and traffic between instances pass. An accept
+/// here does not override a drop in another table on the same hook; `coexist` reports those.
+fn forward_chain(pool: &Ipv4Net) -> Chain {
+    let mut dnat = prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ);
+    dnat.extend(ct_bits(NFT_CT_STATUS, IPS_DST_NAT));
+    dnat.push(Expr::Verdict { code: NF_ACCEPT });
+    let mut other = prefix_match(IPV4_SADDR, pool, NFT_CMP_NEQ);
+    other.extend(prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ));
+    other.extend(ct_bits(NFT_CT_STATE, CT_STATE_INVALID_NEW));
+    other.push(Expr::Verdict { code: NF_DROP });
+    Chain {
+        name: "forward",
+        kind: "filter",
+        hook: NF_INET_FORWARD,
+        priority: 0,
+        rules: vec![dnat, other],
+    }
+}
+
+/// `ct <key> <bits>`: any of `bits` set in the conntrack field `key`.
+fn ct_bits(key: u32, bits: u32) -> [Expr; 3] {
+    [
+        Expr::Ct {
+            key,
+            dreg: NFT_REG_1,
+        },
+        Expr::Bitwise {
+            sreg: NFT_REG_1,
+            dreg: NFT_REG_1,
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        cmp(NFT_CMP_NEQ, &[0; 4]),
+    ]
 }
 
 fn nat_chain(name: &'static str, hook: u32, priority: i32, rules: Vec<Vec<Expr>>) -> Chain {
@@ -415,27 +462,16 @@ fn loopback_masquerade_rule() -> Vec<Expr> {
 /// `ip saddr <pool> ip daddr <pool> ct status dnat masquerade`: hairpin, an instance reaching
 /// another (or itself) through a host port; without it the reply bypasses the DNAT.
 fn hairpin_masquerade_rule(pool: &Ipv4Net) -> Vec<Expr> {
-    let mut rule = prefix_match(IPV4_SADDR, pool);
-    rule.extend(prefix_match(IPV4_DADDR, pool));
+    let mut rule = prefix_match(IPV4_SADDR, pool, NFT_CMP_EQ);
+    rule.extend(prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ));
     rule.extend(ct_dnat_masquerade());
     rule
 }
 
 fn ct_dnat_masquerade() -> Vec<Expr> {
-    vec![
-        Expr::Ct {
-            key: NFT_CT_STATUS,
-            dreg: NFT_REG_1,
-        },
-        Expr::Bitwise {
-            sreg: NFT_REG_1,
-            dreg: NFT_REG_1,
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        cmp(NFT_CMP_NEQ, &[0; 4]),
-        Expr::Masquerade,
-    ]
+    let mut rule = ct_bits(NFT_CT_STATUS, IPS_DST_NAT).to_vec();
+    rule.push(Expr::Masquerade);
+    rule
 }
 
 fn l4proto_is(proto: Proto) -> [Expr; 2] {
@@ -448,16 +484,14 @@ fn l4proto_is(proto: Proto) -> [Expr; 2] {
     ]
 }
 
-/// `ip saddr|daddr <net>` the way nft linearizes it: a whole-byte prefix loads and compares only
-/// those bytes; any other prefix loads the address, masks it and compares it.
-fn prefix_match(offset: u32, net: &Ipv4Net) -> Vec<Expr> {
+/// `ip saddr|daddr [!=] <net>` the way nft linearizes it (`op` is NFT_CMP_EQ or NFT_CMP_NEQ): a
+/// whole-byte prefix loads and compares only those bytes; any other prefix loads the address,
+/// masks it and compares it.
+fn prefix_match(offset: u32, net: &Ipv4Net, op: u32) -> Vec<Expr> {
     let network = net.network().octets();
     if net.prefix > 0 && net.prefix % 8 == 0 {
         let len = usize::from(net.prefix / 8);
-        return vec![
-            prefix_payload(offset, net.prefix),
-            cmp(NFT_CMP_EQ, &network[..len]),
-        ];
+        return vec![prefix_payload(offset, net.prefix), cmp(op, &network[..len])];
     }
     vec![
         prefix_payload(offset, 32),
@@ -467,7 +501,7 @@ fn prefix_match(offset: u32, net: &Ipv4Net) -> Vec<Expr> {
             mask: net.mask().octets().to_vec(),
             xor: vec![0; 4],
         },
-        cmp(NFT_CMP_EQ, &network),
+        cmp(op, &network),
     ]
 }
 
@@ -555,11 +589,11 @@ mod tests {
     fn prefixes_linearize_like_nft() {
         let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
         // Whole bytes: payload of prefix/8 bytes, no mask.
-        let rule = prefix_match(IPV4_SADDR, &net("10.211.0.0/16"));
+        let rule = prefix_match(IPV4_SADDR, &net("10.211.0.0/16"), NFT_CMP_EQ);
         assert_eq!(rule.len(), 2);
         assert_eq!(rule[1], cmp(NFT_CMP_EQ, &[10, 211]));
         // Otherwise: 4 bytes, mask, compare.
-        let rule = prefix_match(IPV4_DADDR, &net("10.211.16.0/20"));
+        let rule = prefix_match(IPV4_DADDR, &net("10.211.16.0/20"), NFT_CMP_EQ);
         assert_eq!(rule.len(), 3);
         assert_eq!(
             rule[1],
@@ -571,7 +605,10 @@ mod tests {
             }
         );
         assert_eq!(rule[2], cmp(NFT_CMP_EQ, &[10, 211, 16, 0]));
-        assert_eq!(prefix_match(IPV4_DADDR, &net("0.0.0.0/0")).len(), 3);
+        assert_eq!(
+            prefix_match(IPV4_DADDR, &net("0.0.0.0/0"), NFT_CMP_EQ).len(),
+            3
+        );
     }
 
     #[test]
@@ -580,7 +617,10 @@ mod tests {
             pool: "10.211.0.0/16".parse().unwrap(),
         });
         let names: Vec<_> = host.chains.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["guard", "prerouting", "output", "postrouting"]);
+        assert_eq!(
+            names,
+            ["guard", "prerouting", "output", "postrouting", "forward"]
+        );
         assert_eq!(
             host.maps.iter().map(|m| m.name).collect::<Vec<_>>(),
             ["tcp_ports", "udp_ports"]
