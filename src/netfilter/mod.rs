@@ -27,7 +27,7 @@ use std::io;
 
 pub use batch::commit;
 pub use conntrack::{delete_flows, Flow};
-pub use dump::dump;
+pub use dump::{dump, forward_chains, ForwardChain};
 pub use render::render;
 pub use udata::COMMENT_MAX_LEN;
 
@@ -114,6 +114,10 @@ pub enum Error {
     ReadElements { map: String, errno: KernelError },
     #[error("the kernel sent a {what} message libnftnl cannot parse")]
     Parse { what: &'static str },
+    #[error("listing the chains of all tables: {0}")]
+    ListChains(KernelError),
+    #[error("listing the rules of all tables: {0}")]
+    ListRules(KernelError),
     #[error("listing conntrack entries: {0}")]
     DumpFlows(KernelError),
     #[error("deleting conntrack entry {flow}: {errno}")]
@@ -142,6 +146,8 @@ impl Error {
             | Error::RemoveElement { errno, .. }
             | Error::AddElement { errno, .. }
             | Error::ReadElements { errno, .. }
+            | Error::ListChains(errno)
+            | Error::ListRules(errno)
             | Error::DumpFlows(errno)
             | Error::DeleteFlow { errno, .. } => Some(*errno),
             _ => None,

@@ -14,10 +14,10 @@ use crate::ruleset::{Element, Ipv4Net, Layout};
 // Values from <linux/netfilter/nf_tables.h>, <linux/netfilter.h> and <linux/rtnetlink.h>.
 pub(crate) const NFPROTO_IPV4: u16 = 2;
 const NF_INET_PRE_ROUTING: u32 = 0;
-const NF_INET_FORWARD: u32 = 2;
+pub(crate) const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
-const NF_DROP: u32 = 0;
+pub(crate) const NF_DROP: u32 = 0;
 pub(crate) const NF_ACCEPT: u32 = 1;
 pub(crate) const NFT_SET_MAP: u32 = 0x8;
 pub(crate) const NFT_REG_VERDICT: u32 = 0;
@@ -351,6 +351,23 @@ fn forward_chain(pool: &Ipv4Net) -> Chain {
         priority: 0,
         rules: vec![dnat, other],
     }
+}
+
+/// Whether a rule of another table, as dumped, is `ct status dnat accept` (what gearnat asks
+/// users to put before their forward drops).
+pub(crate) fn is_ct_dnat_accept(exprs: &[super::sys::ExprInfo]) -> bool {
+    let names: Vec<&str> = exprs.iter().map(|e| e.name.as_str()).collect();
+    names == ["ct", "bitwise", "cmp", "immediate"]
+        && exprs[0].ct_key == Some(NFT_CT_STATUS)
+        && exprs[1].mask.as_deref() == Some(&IPS_DST_NAT.to_ne_bytes()[..])
+        && exprs[3].verdict == Some(NF_ACCEPT)
+}
+
+/// Whether a rule ends in a drop verdict or a reject.
+pub(crate) fn ends_in_drop(exprs: &[super::sys::ExprInfo]) -> bool {
+    exprs
+        .last()
+        .is_some_and(|e| e.name == "reject" || e.verdict == Some(NF_DROP))
 }
 
 /// `ct <key> <bits>`: any of `bits` set in the conntrack field `key`.
