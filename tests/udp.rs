@@ -106,10 +106,37 @@ fn udp_public_ports_and_links_carry_real_datagrams() {
     assert_eq!(ask(&app, "127.0.0.1:53"), "dns-udp");
     let tcp = common::tcp_request(&app, addr("127.0.0.1:53"), TIMEOUT).unwrap();
     assert_eq!(tcp, "dns-tcp");
-    // Hairpin: the instance reaching its own public port through the host.
-    assert_eq!(ask(&dns, "10.211.0.1:5353"), "dns-udp");
-    assert_eq!(ask(&dns, "192.0.2.1:5353"), "dns-udp");
-    assert_eq!(ask(&app, "192.0.2.1:5353"), "dns-udp");
+    // Hairpin: an instance reaching its own public port, or another's, through the host,
+    // whether bridged traffic passes netfilter or not.
+    for bridge_nf in ["0", "1"] {
+        let key = format!("net.bridge.bridge-nf-call-iptables={bridge_nf}");
+        if !common::exec(host.host_ns(), &["sysctl", "-qw", &key])
+            .status
+            .success()
+        {
+            eprintln!("br_netfilter sysctl not available; testing the kernel's default only");
+        }
+        assert_eq!(
+            ask(&dns, "10.211.0.1:5353"),
+            "dns-udp",
+            "bridge-nf {bridge_nf}"
+        );
+        assert_eq!(
+            ask(&dns, "192.0.2.1:5353"),
+            "dns-udp",
+            "bridge-nf {bridge_nf}"
+        );
+        assert_eq!(
+            ask(&app, "192.0.2.1:5353"),
+            "dns-udp",
+            "bridge-nf {bridge_nf}"
+        );
+        assert_eq!(
+            ask(&app, "127.0.0.1:53"),
+            "dns-udp",
+            "bridge-nf {bridge_nf}"
+        );
+    }
 
     // The resolved file gearnat keeps is geard's output form (Instances, Protocol udp); it
     // applies as it is, in sync.
