@@ -51,10 +51,18 @@ fn forward_drop(c: &ForwardChain) -> String {
             handles.join(", ")
         )
     };
+    // iptables-nft's own table (Docker's, among others) takes the rule through iptables.
+    let fix = if c.family == "ip" && c.table == "filter" && c.chain == "FORWARD" {
+        "`iptables -I FORWARD -m conntrack --ctstate DNAT -j ACCEPT`".to_string()
+    } else {
+        format!(
+            "`nft insert rule {} {} {} {DNAT_ACCEPT}`",
+            c.family, c.table, c.chain
+        )
+    };
     format!(
         "table {} {} chain {} {what} on the forward hook: forwarded traffic to gearnat's \
-         instances is dropped there whatever gearnat's table accepts; let it through with \
-         `nft insert rule {0} {1} {2} {DNAT_ACCEPT}`",
+         instances is dropped there whatever gearnat's table accepts; let it through with {fix}",
         c.family, c.table, c.chain
     )
 }
@@ -128,7 +136,13 @@ mod tests {
             text.starts_with("table ip filter chain FORWARD has policy drop on the forward hook"),
             "{text}"
         );
-        assert!(text.ends_with("`nft insert rule ip filter FORWARD ct status dnat accept`"));
+        assert!(text.ends_with("`iptables -I FORWARD -m conntrack --ctstate DNAT -j ACCEPT`"));
+        let other = ForwardChain {
+            table: "docker".into(),
+            ..chain(true, vec![])
+        };
+        let text = forward_drop(&other);
+        assert!(text.ends_with("`nft insert rule ip docker FORWARD ct status dnat accept`"));
         let text = forward_drop(&chain(false, vec![7, 9]));
         assert!(
             text.contains("drops or rejects in rules (handles 7, 9)"),

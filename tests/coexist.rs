@@ -79,9 +79,8 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
     let host = TestHost::new("gc01");
     let h = host.host_ns();
     // What Docker leaves on a host: iptables-nft's filter table with FORWARD policy drop.
-    let foreign = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority \
-                   filter; policy drop;\n\t}\n}\n";
-    nft(h, &["-f", "-"], Some(foreign));
+    let out = exec(h, &["iptables-nft", "-P", "FORWARD", "DROP"]);
+    assert!(out.status.success(), "iptables-nft: {}", stderr(&out));
     let before = nft(h, &["list", "table", "ip", "filter"], None);
 
     let files = tempfile::tempdir().unwrap();
@@ -97,7 +96,7 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
         ),
         "{text}"
     );
-    let fix = "nft insert rule ip filter FORWARD ct status dnat accept";
+    let fix = "iptables -I FORWARD -m conntrack --ctstate DNAT -j ACCEPT";
     assert!(text.contains(fix), "{text}");
     assert_eq!(nft(h, &["list", "table", "ip", "filter"], None), before);
 
@@ -110,8 +109,11 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
     );
 
     // Following the advice makes it work, and the warning goes away.
-    let fix_args: Vec<&str> = fix.split(' ').skip(1).collect();
-    nft(h, &fix_args, None);
+    // As printed, but with iptables-nft by name: plain `iptables` may be the legacy one.
+    let mut fix_args: Vec<&str> = fix.split(' ').collect();
+    fix_args[0] = "iptables-nft";
+    let out = exec(h, &fix_args);
+    assert!(out.status.success(), "{fix}: {}", stderr(&out));
     assert!(reaches(host.client_ns(), "192.0.2.1:6060"));
     let out = run(&host, &["status"]);
     assert_eq!(out.status.code(), Some(0));
@@ -127,8 +129,14 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
         text.contains("warning: table inet other chain screen drops or rejects in rule (handle "),
         "{text}"
     );
-    assert!(text.contains("nft insert rule inet other screen ct status dnat accept"));
+    let fix = "nft insert rule inet other screen ct status dnat accept";
+    assert!(text.contains(fix), "{text}");
     assert!(!text.contains("ip filter"), "{text}");
+    let fix_args: Vec<&str> = fix.split(' ').skip(1).collect();
+    nft(h, &fix_args, None);
+    let out = run(&host, &["status"]);
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    assert!(reaches(host.client_ns(), "192.0.2.1:6060"));
 }
 
 #[test]

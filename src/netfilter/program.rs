@@ -353,14 +353,41 @@ fn forward_chain(pool: &Ipv4Net) -> Chain {
     }
 }
 
-/// Whether a rule of another table, as dumped, is `ct status dnat accept` (what gearnat asks
-/// users to put before their forward drops).
+/// Whether a rule of another table, as dumped, is `ct status dnat [counter] accept` (what
+/// gearnat asks users to put before their forward drops), written by nft or by iptables-nft
+/// (`-m conntrack --ctstate DNAT -j ACCEPT`).
 pub(crate) fn is_ct_dnat_accept(exprs: &[super::sys::ExprInfo]) -> bool {
+    let exprs: Vec<&super::sys::ExprInfo> = exprs.iter().filter(|e| e.name != "counter").collect();
     let names: Vec<&str> = exprs.iter().map(|e| e.name.as_str()).collect();
-    names == ["ct", "bitwise", "cmp", "immediate"]
+    let accepts = exprs.last().is_some_and(|e| e.verdict == Some(NF_ACCEPT));
+    let nft = names == ["ct", "bitwise", "cmp", "immediate"]
         && exprs[0].ct_key == Some(NFT_CT_STATUS)
-        && exprs[1].mask.as_deref() == Some(&IPS_DST_NAT.to_ne_bytes()[..])
-        && exprs[3].verdict == Some(NF_ACCEPT)
+        && exprs[1].mask.as_deref() == Some(&IPS_DST_NAT.to_ne_bytes()[..]);
+    let xt = names == ["match", "immediate"]
+        && exprs[0]
+            .xt_match
+            .as_ref()
+            .is_some_and(|(name, rev, info)| is_xt_ctstate_dnat(name, *rev, info));
+    accepts && (nft || xt)
+}
+
+/// `-m conntrack --ctstate DNAT` in struct xt_conntrack_mtinfo3 (<linux/netfilter/xt_conntrack.h>):
+/// eight 16-byte addresses and masks, two u32 expiry bounds and five u16 ports come first, then
+/// match_flags, invert_flags and state_mask. Only the state is matched, not inverted, and the
+/// state is exactly DNAT (1 << (IP_CT_NUMBER + 2)).
+fn is_xt_ctstate_dnat(name: &str, rev: u32, info: &[u8]) -> bool {
+    const FLAGS_AT: usize = 8 * 16 + 2 * 4 + 5 * 2;
+    const XT_CONNTRACK_STATE: u16 = 1;
+    const XT_CONNTRACK_STATE_DNAT: u16 = 1 << 7;
+    let u16_at = |at: usize| {
+        info.get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    name == "conntrack"
+        && rev == 3
+        && u16_at(FLAGS_AT) == Some(XT_CONNTRACK_STATE)
+        && u16_at(FLAGS_AT + 2) == Some(0)
+        && u16_at(FLAGS_AT + 4) == Some(XT_CONNTRACK_STATE_DNAT)
 }
 
 /// Whether a rule ends in a drop verdict or a reject.
@@ -626,6 +653,56 @@ mod tests {
             prefix_match(IPV4_DADDR, &net("0.0.0.0/0"), NFT_CMP_EQ).len(),
             3
         );
+    }
+
+    #[test]
+    fn dnat_accept_rules_are_recognised_from_nft_and_iptables() {
+        use crate::netfilter::sys::ExprInfo;
+        let named = |name: &str| ExprInfo {
+            name: name.into(),
+            ..ExprInfo::default()
+        };
+        let accept = ExprInfo {
+            verdict: Some(NF_ACCEPT),
+            ..named("immediate")
+        };
+        let nft = vec![
+            ExprInfo {
+                ct_key: Some(NFT_CT_STATUS),
+                ..named("ct")
+            },
+            ExprInfo {
+                mask: Some(IPS_DST_NAT.to_ne_bytes().to_vec()),
+                ..named("bitwise")
+            },
+            named("cmp"),
+            named("counter"),
+            accept.clone(),
+        ];
+        assert!(is_ct_dnat_accept(&nft));
+        let mut snat = nft.clone();
+        snat[1].mask = Some(16u32.to_ne_bytes().to_vec());
+        assert!(!is_ct_dnat_accept(&snat));
+
+        let mut info = vec![0u8; 160];
+        info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+        info[150..152].copy_from_slice(&0x80u16.to_ne_bytes());
+        let xt = |info: Vec<u8>| ExprInfo {
+            xt_match: Some(("conntrack".into(), 3, info)),
+            ..named("match")
+        };
+        assert!(is_ct_dnat_accept(&[xt(info.clone()), accept.clone()]));
+        let mut established = info.clone();
+        established[150..152].copy_from_slice(&0x6u16.to_ne_bytes());
+        assert!(!is_ct_dnat_accept(&[xt(established), accept.clone()]));
+        let drop = ExprInfo {
+            verdict: Some(NF_DROP),
+            ..named("immediate")
+        };
+        assert!(!is_ct_dnat_accept(&[xt(info), drop.clone()]));
+        assert!(ends_in_drop(&[named("cmp"), drop]));
+        assert!(ends_in_drop(&[named("reject")]));
+        assert!(!ends_in_drop(&nft));
     }
 
     #[test]

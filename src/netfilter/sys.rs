@@ -584,6 +584,8 @@ pub(crate) struct ExprInfo {
     pub mask: Option<Vec<u8>>,
     /// `immediate`: the verdict.
     pub verdict: Option<u32>,
+    /// `match` (an xtables match, as iptables-nft writes them): its name, revision and info.
+    pub xt_match: Option<(String, u32, Vec<u8>)>,
 }
 
 /// A rule of any table and family.
@@ -632,9 +634,19 @@ unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut libc::c_vo
             sys::nftnl_expr_is_set(e, attr as u16).then(|| sys::nftnl_expr_get_u32(e, attr as u16))
         };
         let mut info = ExprInfo::default();
+        let mut info_of_match = None;
         match name.as_str() {
             "ct" => info.ct_key = u32_if_set(sys::NFTNL_EXPR_CT_KEY),
             "immediate" => info.verdict = u32_if_set(sys::NFTNL_EXPR_IMM_VERDICT),
+            "match" => {
+                let mut len = 0u32;
+                let info = sys::nftnl_expr_get(e, sys::NFTNL_EXPR_MT_INFO as u16, &mut len);
+                info_of_match = Some((
+                    owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_MT_NAME as u16)),
+                    sys::nftnl_expr_get_u32(e, sys::NFTNL_EXPR_MT_REV as u16),
+                    owned_bytes(info, len).unwrap_or_default(),
+                ));
+            }
             "bitwise" => {
                 let mut len = 0u32;
                 let mask = sys::NFTNL_EXPR_BITWISE_MASK as u16;
@@ -643,6 +655,7 @@ unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut libc::c_vo
             _ => {}
         }
         info.name = name;
+        info.xt_match = info_of_match;
         exprs.push(info);
     }
     0
