@@ -31,9 +31,13 @@ pub fn findings(pool: Ipv4Net, bridge: &str) -> Vec<String> {
         Path::new("/proc/self/net/ip_tables_names"),
         pool,
     ));
-    out.extend(firewalld(bridge));
+    out.extend(firewalld(&FIREWALLD_PID_FILES, Path::new("/proc"), bridge));
     out
 }
+
+/// Where firewalld writes its pid while it runs (its FIREWALLD_PIDFILE, /var/run/firewalld.pid,
+/// which is /run/firewalld.pid where /var/run links to /run).
+const FIREWALLD_PID_FILES: [&str; 2] = ["/run/firewalld.pid", "/var/run/firewalld.pid"];
 
 fn forward_drop(c: &ForwardChain) -> String {
     let what = if c.drop_rules.is_empty() {
@@ -84,15 +88,14 @@ fn iptables_legacy(names: &Path, pool: Ipv4Net) -> Option<String> {
     ))
 }
 
-/// firewalld keeps a pid file while it runs. Its zones decide forwarded traffic in the initial
-/// network namespace only, so elsewhere (a test's private namespace) it is no finding.
-fn firewalld(bridge: &str) -> Option<String> {
-    let pid = ["/run/firewalld.pid", "/var/run/firewalld.pid"]
-        .iter()
-        .find_map(|p| fs::read_to_string(p).ok())?;
+/// firewalld keeps a pid file while it runs (a stale one names a dead or other process, told by
+/// its `comm`). Its zones decide forwarded traffic in the initial network namespace only, so
+/// elsewhere (a test's private namespace) it is no finding.
+fn firewalld(pid_files: &[&str], proc: &Path, bridge: &str) -> Option<String> {
+    let pid = pid_files.iter().find_map(|p| fs::read_to_string(p).ok())?;
     let pid = pid.trim();
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    if !comm.starts_with("firewall") || !in_initial_netns() {
+    let comm = fs::read_to_string(proc.join(pid).join("comm")).ok()?;
+    if !comm.starts_with("firewall") || !in_initial_netns(proc) {
         return None;
     }
     Some(format!(
@@ -104,10 +107,10 @@ fn firewalld(bridge: &str) -> Option<String> {
 }
 
 /// Whether this process shares PID 1's network namespace (true when that cannot be read).
-fn in_initial_netns() -> bool {
+fn in_initial_netns(proc: &Path) -> bool {
     match (
-        fs::read_link("/proc/self/ns/net"),
-        fs::read_link("/proc/1/ns/net"),
+        fs::read_link(proc.join("self/ns/net")),
+        fs::read_link(proc.join("1/ns/net")),
     ) {
         (Ok(mine), Ok(init)) => mine == init,
         _ => true,
@@ -148,6 +151,27 @@ mod tests {
             text.contains("drops or rejects in rules (handles 7, 9)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn firewalld_only_when_its_pid_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("firewalld.pid");
+        let proc = dir.path().join("proc");
+        fs::create_dir_all(proc.join("42")).unwrap();
+        let files = [pid_file.to_str().unwrap()];
+        assert_eq!(firewalld(&files, &proc, "gearnat0"), None);
+        fs::write(&pid_file, "42\n").unwrap();
+        fs::write(proc.join("42/comm"), "sshd\n").unwrap();
+        assert_eq!(
+            firewalld(&files, &proc, "gearnat0"),
+            None,
+            "a stale pid file"
+        );
+        fs::write(proc.join("42/comm"), "firewalld\n").unwrap();
+        let text = firewalld(&files, &proc, "gearnat0").unwrap();
+        assert!(text.starts_with("firewalld is running (pid 42)"), "{text}");
+        assert!(text.contains("--add-interface=gearnat0"), "{text}");
     }
 
     #[test]
