@@ -106,7 +106,11 @@ pub fn delete_flows(stale: &[Element]) -> Result<usize, Error> {
     let mut deleted = 0;
     for (seq, flow) in (2..).zip(&doomed) {
         match request(&socket, &delete_request(flow, seq), seq, |_| Some(())) {
-            Ok(()) => deleted += 1,
+            Ok(()) => {
+                deleted += 1;
+                log::debug!("deleted conntrack entry {flow}");
+            }
+            // It timed out or was deleted in between.
             Err(Failure::Kernel(KernelError(ENOENT))) => {}
             Err(f) => {
                 return Err(failure(f, |errno| Error::DeleteFlow {
@@ -115,7 +119,6 @@ pub fn delete_flows(stale: &[Element]) -> Result<usize, Error> {
                 }))
             }
         }
-        log::debug!("deleted conntrack entry {flow}");
     }
     Ok(deleted)
 }
