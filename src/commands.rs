@@ -107,6 +107,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         .unwrap_or_else(|| new_record(&d, args));
     let host = Netns::current()?;
     let plan = reconcile::plan_apply(&host, &net, &desired, &record)?;
+    report_coexistence(&net);
 
     if plan.is_empty() {
         print_plan(args.output.output, &plan, &net, &resolved);
@@ -128,6 +129,13 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         print!("{}", report::mapping_lines(&resolved));
     }
     Ok(Status::Done)
+}
+
+/// Other netfilter users that will affect gearnat's traffic, one warning each on stderr.
+fn report_coexistence(net: &Network) {
+    for finding in crate::coexist::findings(net.pool, &net.bridge) {
+        eprintln!("gearnat: warning: {finding}");
+    }
 }
 
 fn new_record(d: &Deployment, args: &DeployArgs) -> DeploymentRecord {
@@ -318,6 +326,7 @@ pub fn status(
     let net = network(net_args);
     let state = StateDir::read_only(state_dir);
     let host = Netns::current()?;
+    report_coexistence(&net);
     let host_table = netfilter::dump().map_err(|e| Error::Netfilter {
         ns: "host".into(),
         source: e,

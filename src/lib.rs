@@ -2,6 +2,7 @@
 //! settings, put into the kernel over netlink and kept there by a reconciler.
 
 pub mod cli;
+pub mod coexist;
 pub mod commands;
 pub mod deployment;
 mod error;

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::Serialize;
 
+use crate::model::Proto;
 use crate::resolve::Resolved;
 use crate::ruleset::{ActualTable, Element, Ipv4Net, Layout, Owner, TableChange};
 
@@ -156,6 +157,40 @@ pub struct ObservedInstance {
 pub struct NsPlan {
     pub table: TableChange,
     pub sysctls: Vec<SysctlChange>,
+    /// UDP elements the kernel holds and the change takes away: once the batch is in, the
+    /// conntrack entries of flows that still lead where they sent them are deleted, so that a
+    /// client that keeps its source port meets the new map at once. TCP connections keep
+    /// their target until they close: deleting their entries would not move them, only cut
+    /// them.
+    pub stale_flows: Vec<Element>,
+}
+
+impl NsPlan {
+    fn new(table: TableChange, sysctls: Vec<SysctlChange>, actual: Option<&ActualTable>) -> Self {
+        let stale_flows = stale_flows(&table, actual);
+        NsPlan {
+            table,
+            sysctls,
+            stale_flows,
+        }
+    }
+}
+
+/// The UDP elements of `actual` that `change` leaves out of the table.
+fn stale_flows(change: &TableChange, actual: Option<&ActualTable>) -> Vec<Element> {
+    let gone: Vec<&Element> = match actual {
+        None => vec![],
+        Some(actual) if change.delete_table => actual
+            .elements
+            .iter()
+            .filter(|e| !change.add.contains(e))
+            .collect(),
+        Some(_) => change.remove.iter().collect(),
+    };
+    gone.into_iter()
+        .filter(|e| e.proto() == Proto::Udp)
+        .cloned()
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -213,15 +248,16 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
     let mut plan = Plan {
         deployment: desired.deployment.clone(),
         create_bridge: !observed.bridge_ready,
-        host: NsPlan {
-            table: shared_table_change(
+        host: NsPlan::new(
+            shared_table_change(
                 &desired.deployment,
                 desired.host_layout,
                 &desired.host_elements,
                 observed.host_table.as_ref(),
             ),
-            sysctls: sysctl_changes(&desired.host_sysctls, &observed.host_sysctls),
-        },
+            sysctl_changes(&desired.host_sysctls, &observed.host_sysctls),
+            observed.host_table.as_ref(),
+        ),
         ..Plan::default()
     };
     let empty = ObservedInstance::default();
@@ -247,10 +283,8 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
                 seen.table.as_ref(),
             )
         };
-        let ns = NsPlan {
-            table,
-            sysctls: sysctl_changes(&inst.sysctls, &seen.sysctls),
-        };
+        let sysctls = sysctl_changes(&inst.sysctls, &seen.sysctls);
+        let ns = NsPlan::new(table, sysctls, seen.table.as_ref());
         if !ns_plan_is_empty(&ns) {
             plan.instances.insert(inst.id.clone(), ns);
         }
@@ -337,7 +371,7 @@ pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bo
         ..Plan::default()
     };
     if let Some(table) = &observed.host_table {
-        plan.host.table = if last {
+        let change = if last {
             TableChange {
                 delete_table: true,
                 ..TableChange::default()
@@ -353,6 +387,7 @@ pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bo
                 ..TableChange::default()
             }
         };
+        plan.host = NsPlan::new(change, vec![], Some(table));
     }
     remove_instances(&mut plan, record.instances.iter(), observed, record);
     plan
@@ -378,10 +413,7 @@ fn remove_instances<'a>(
                 delete_table: true,
                 ..TableChange::default()
             };
-            let ns = NsPlan {
-                table,
-                sysctls: vec![],
-            };
+            let ns = NsPlan::new(table, vec![], seen.table.as_ref());
             plan.instances.insert(id.clone(), ns);
         }
     }
@@ -390,7 +422,6 @@ fn remove_instances<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Proto;
     use crate::resolve::{Instance, LinkTarget, Mapping};
 
     fn net() -> NetworkConfig {
@@ -652,6 +683,44 @@ mod tests {
             }
         );
         assert!(plan.instances["found-1"].table.delete_table);
+    }
+
+    #[test]
+    fn a_moved_udp_port_leaves_its_old_flows_to_delete() {
+        let mut r = resolved();
+        r.instances[1].mappings.push(Mapping {
+            proto: Proto::Udp,
+            internal: 53,
+            host_port: 5353,
+            target: None,
+        });
+        let d = desired(&r, &net());
+        let seen = applied(&d);
+        let old = d.host_elements[2].clone();
+        // The UDP port moves to rockmongo-1; the TCP port 4000 goes away.
+        r.instances[1].mappings.clear();
+        r.instances[0].mappings.push(Mapping {
+            proto: Proto::Udp,
+            internal: 53,
+            host_port: 5353,
+            target: None,
+        });
+        let d = desired(&r, &net());
+        let (instances, created) = no_record();
+        let record = Record {
+            instances: &instances,
+            created_netns: &created,
+        };
+        let plan = diff(&d, &seen, &record);
+        assert_eq!(plan.host.table.remove.len(), 2);
+        assert_eq!(plan.host.stale_flows, vec![old.clone()]);
+        // A table replaced whole loses its old elements too.
+        let mut stale_layout = seen.clone();
+        stale_layout.host_table.as_mut().unwrap().comment = Some("gearnat r0".into());
+        let plan = diff(&d, &stale_layout, &record);
+        assert_eq!(plan.host.stale_flows, vec![old.clone()]);
+        let plan = teardown("seed", &seen, &record, true);
+        assert_eq!(plan.host.stale_flows, vec![old]);
     }
 
     #[test]

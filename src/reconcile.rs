@@ -10,7 +10,8 @@ use crate::netns::{self, Netns};
 use crate::plan::{
     self, Desired, NsPlan, Observed, ObservedInstance, Plan, Record, Sysctl, Wiring,
 };
-use crate::ruleset::ActualTable;
+use crate::report;
+use crate::ruleset::{ActualTable, Element};
 use crate::runtime::{self, Network};
 use crate::state::DeploymentRecord;
 use crate::{link, Error};
@@ -175,11 +176,34 @@ fn commit_here(ns: &str, p: &NsPlan) -> Result<(), Error> {
         ns: ns.to_string(),
         source: e,
     })?;
+    delete_stale_flows(ns, &p.stale_flows);
     for s in &p.sysctls {
         link::sysctl_set(&s.key, &s.to)?;
         log::info!("{ns}: set {} = {}", s.key, s.to);
     }
     Ok(())
+}
+
+/// Deletes the conntrack entries that still lead where `stale` sent them. A failure leaves the
+/// table right but those flows on their old target until their entries time out (30 s of
+/// silence for UDP, 120 s once replies were seen), so it is a warning, not an error.
+fn delete_stale_flows(ns: &str, stale: &[Element]) {
+    if stale.is_empty() {
+        return;
+    }
+    match netfilter::delete_flows(stale) {
+        Ok(n) => {
+            let what: Vec<String> = stale.iter().map(report::element_text).collect();
+            log::info!(
+                "{ns}: deleted {n} conntrack entries leading to {}",
+                what.join(", ")
+            );
+        }
+        Err(e) => log::warn!(
+            "{ns}: {e}; UDP flows of moved or removed mappings keep their old target until \
+             their conntrack entries time out"
+        ),
+    }
 }
 
 /// The record for a deployment, with `instances` covering the old and the new instances, so

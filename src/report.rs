@@ -64,6 +64,11 @@ fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
             .iter()
             .map(|e| format!("+ {ns} {}", element_text(e))),
     );
+    out.extend(
+        p.stale_flows
+            .iter()
+            .map(|e| format!("- {ns} conntrack {}", element_text(e))),
+    );
     for s in &p.sysctls {
         let from = s.from.as_deref().map_or("unset", str::trim);
         out.push(format!("~ {ns} sysctl {} {from} -> {}", s.key, s.to));
@@ -95,6 +100,7 @@ pub fn plan_json(plan: &Plan) -> Value {
             "remove": p.table.remove.iter().map(element_json).collect::<Vec<_>>(),
             "add": p.table.add.iter().map(element_json).collect::<Vec<_>>(),
             "sysctls": p.sysctls,
+            "stale_flows": p.stale_flows.iter().map(element_json).collect::<Vec<_>>(),
         })
     };
     json!({

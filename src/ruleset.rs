@@ -18,7 +18,8 @@ pub const TABLE: &str = "gearnat";
 pub enum Layout {
     /// The host: public ports looked up in `tcp_ports` / `udp_ports` maps
     /// (`inet_service : ipv4_addr . inet_service`), DNAT in prerouting and output for local
-    /// destinations, masquerade of loopback-sourced and hairpin traffic within `pool`.
+    /// destinations, masquerade of loopback-sourced and hairpin traffic within `pool`, and a
+    /// forward filter that lets only DNATed traffic from outside into `pool`.
     Host { pool: Ipv4Net },
     /// An instance with links: `tcp_links` / `udp_links` maps
     /// (`ipv4_addr . inet_service : ipv4_addr . inet_service`), DNAT in output, masquerade of
@@ -29,7 +30,7 @@ pub enum Layout {
 impl Layout {
     /// Revision of the table's shape; bumped whenever chains, rules or maps change, so that an
     /// older table is replaced as a whole (atomically, in the same batch).
-    pub const REVISION: u32 = 1;
+    pub const REVISION: u32 = 2;
 
     /// The table comment that identifies this layout in the kernel.
     pub fn comment(&self) -> String {

@@ -94,6 +94,22 @@ pub struct DeploymentRecord {
     pub created_netns: Vec<String>,
 }
 
+/// A state directory made before gearnat (mode 0700 applies only to what it creates) may be
+/// open to others; it is the user's directory, so gearnat says so rather than chmod it.
+fn warn_if_open(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "state directory {} is mode {mode:o}; others can read gearnat's reservations \
+                 (chmod 700 {0})",
+                path.display()
+            );
+        }
+    }
+}
+
 /// The state directory, locked for the lifetime of this value.
 pub struct StateDir {
     path: PathBuf,
@@ -124,6 +140,7 @@ impl StateDir {
         };
         create(path)?;
         create(&path.join("deployments"))?;
+        warn_if_open(path);
         let lock_path = path.join("lock");
         let lock_err = |source: io::Error| StateError::Lock {
             path: lock_path.clone(),

@@ -185,6 +185,98 @@ impl Connection {
     }
 }
 
+/// A base chain of another table on the forward hook that may drop gearnat's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardChain {
+    /// `ip` or `inet`.
+    pub family: &'static str,
+    pub table: String,
+    pub chain: String,
+    /// Its policy is drop.
+    pub policy_drop: bool,
+    /// Handles of its rules that end in drop or reject.
+    pub drop_rules: Vec<u64>,
+    /// A `ct status dnat accept` rule comes before any of them: DNATed traffic passes.
+    pub accepts_dnat_first: bool,
+}
+
+impl ForwardChain {
+    /// Whether DNATed traffic to gearnat's instances may be dropped here.
+    pub fn may_drop(&self) -> bool {
+        !self.accepts_dnat_first && (self.policy_drop || !self.drop_rules.is_empty())
+    }
+}
+
+/// The forward-hook base chains (families ip and inet) of every table but gearnat's own, in the
+/// calling thread's namespace. Only reads.
+pub fn forward_chains() -> Result<Vec<ForwardChain>, Error> {
+    let mut conn = Connection {
+        socket: Socket::open().map_err(Error::Socket)?,
+        seq: 0,
+    };
+    let mut chains = Vec::new();
+    conn.request(
+        |buf, seq| sys::put_get_all(buf, libc::NFT_MSG_GETCHAIN as u16, NLM_F_DUMP, seq),
+        |msg| {
+            chains.push(sys::parse_chain(msg)?);
+            Some(())
+        },
+    )
+    .map_err(|f| failure(f, "chain", Error::ListChains))?;
+    let mut out: Vec<ForwardChain> = chains
+        .into_iter()
+        .filter(|c| c.hook == Some(program::NF_INET_FORWARD))
+        .filter_map(|c| {
+            let family = family_name(c.family)?;
+            let ours = family == "ip" && c.table == TABLE;
+            (!ours).then(|| ForwardChain {
+                family,
+                policy_drop: c.policy == Some(program::NF_DROP),
+                table: c.table,
+                chain: c.name,
+                drop_rules: vec![],
+                accepts_dnat_first: false,
+            })
+        })
+        .collect();
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let mut rules = Vec::new();
+    conn.request(
+        |buf, seq| sys::put_get_all(buf, libc::NFT_MSG_GETRULE as u16, NLM_F_DUMP, seq),
+        |msg| {
+            rules.push(sys::parse_rule(msg)?);
+            Some(())
+        },
+    )
+    .map_err(|f| failure(f, "rule", Error::ListRules))?;
+    for chain in &mut out {
+        let mine = rules.iter().filter(|r| {
+            family_name(r.family) == Some(chain.family)
+                && r.table == chain.table
+                && r.chain == chain.chain
+        });
+        for rule in mine {
+            if program::is_ct_dnat_accept(&rule.exprs) && chain.drop_rules.is_empty() {
+                chain.accepts_dnat_first = true;
+            }
+            if program::ends_in_drop(&rule.exprs) {
+                chain.drop_rules.push(rule.handle);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn family_name(family: u32) -> Option<&'static str> {
+    match family {
+        1 => Some("inet"),
+        2 => Some("ip"),
+        _ => None,
+    }
+}
+
 /// Every object of one kind (NFT_MSG_GETTABLE, GETCHAIN, GETSET, ...) in the namespace, as the
 /// kernel sends it, without the netlink header: to compare what two namespaces hold, byte for
 /// byte.

@@ -11,6 +11,7 @@
 //! - [`render`] writes the same table in nft syntax.
 
 mod batch;
+mod conntrack;
 mod dump;
 mod netlink;
 mod program;
@@ -25,7 +26,8 @@ use std::fmt;
 use std::io;
 
 pub use batch::commit;
-pub use dump::dump;
+pub use conntrack::{delete_flows, Flow};
+pub use dump::{dump, forward_chains, ForwardChain};
 pub use render::render;
 pub use udata::COMMENT_MAX_LEN;
 
@@ -112,6 +114,14 @@ pub enum Error {
     ReadElements { map: String, errno: KernelError },
     #[error("the kernel sent a {what} message libnftnl cannot parse")]
     Parse { what: &'static str },
+    #[error("listing the chains of all tables: {0}")]
+    ListChains(KernelError),
+    #[error("listing the rules of all tables: {0}")]
+    ListRules(KernelError),
+    #[error("listing conntrack entries: {0}")]
+    DumpFlows(KernelError),
+    #[error("deleting conntrack entry {flow}: {errno}")]
+    DeleteFlow { flow: String, errno: KernelError },
     #[error(
         "the ruleset kept changing while table ip {table} was read ({0} attempts)",
         table = crate::ruleset::TABLE
@@ -135,7 +145,11 @@ impl Error {
             | Error::AddRule { errno, .. }
             | Error::RemoveElement { errno, .. }
             | Error::AddElement { errno, .. }
-            | Error::ReadElements { errno, .. } => Some(*errno),
+            | Error::ReadElements { errno, .. }
+            | Error::ListChains(errno)
+            | Error::ListRules(errno)
+            | Error::DumpFlows(errno)
+            | Error::DeleteFlow { errno, .. } => Some(*errno),
             _ => None,
         }
     }

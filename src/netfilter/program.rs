@@ -14,9 +14,10 @@ use crate::ruleset::{Element, Ipv4Net, Layout};
 // Values from <linux/netfilter/nf_tables.h>, <linux/netfilter.h> and <linux/rtnetlink.h>.
 pub(crate) const NFPROTO_IPV4: u16 = 2;
 const NF_INET_PRE_ROUTING: u32 = 0;
+pub(crate) const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
-const NF_DROP: u32 = 0;
+pub(crate) const NF_DROP: u32 = 0;
 pub(crate) const NF_ACCEPT: u32 = 1;
 pub(crate) const NFT_SET_MAP: u32 = 0x8;
 pub(crate) const NFT_REG_VERDICT: u32 = 0;
@@ -30,7 +31,11 @@ const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_META_IIF: u32 = 4;
 const NFT_META_OIF: u32 = 5;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_CT_STATE: u32 = 0;
 const NFT_CT_STATUS: u32 = 2;
+/// NF_CT_STATE_INVALID_BIT and NF_CT_STATE_BIT(IP_CT_NEW) of <linux/netfilter/nf_conntrack_common.h>:
+/// `ct state invalid,new`.
+const CT_STATE_INVALID_NEW: u32 = 1 | 8;
 pub(crate) const NFT_NAT_DNAT: u32 = 1;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
@@ -259,6 +264,7 @@ pub(crate) fn table(layout: &Layout) -> Table {
             chains.push(nat_chain("output", NF_INET_LOCAL_OUT, -100, dnat_rules()));
             let rules = vec![loopback_masquerade_rule(), hairpin_masquerade_rule(pool)];
             chains.push(nat_chain("postrouting", NF_INET_POST_ROUTING, 100, rules));
+            chains.push(forward_chain(pool));
         }
         Layout::Instance => {
             let rules = maps
@@ -321,6 +327,91 @@ fn guard_chain() -> Chain {
         priority: -300,
         rules: vec![rule],
     }
+}
+
+/// Only the declared mappings reach the instances from outside: forwarded traffic to the pool
+/// that DNAT sent there passes (`ip daddr <pool> ct status dnat accept`), and new connections
+/// from outside the pool that were not DNATed are dropped (`ip saddr != <pool> ip daddr <pool>
+/// ct state invalid,new drop`). Without it the host, forwarding for the instances, routes
+/// anything a neighbour sends to 10.211.0.x:any straight in. Replies and the instances' own
+/// connections (ct state established, related) and traffic between instances pass. An accept
+/// here does not override a drop in another table on the same hook; `coexist` reports those.
+fn forward_chain(pool: &Ipv4Net) -> Chain {
+    let mut dnat = prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ);
+    dnat.extend(ct_bits(NFT_CT_STATUS, IPS_DST_NAT));
+    dnat.push(Expr::Verdict { code: NF_ACCEPT });
+    let mut other = prefix_match(IPV4_SADDR, pool, NFT_CMP_NEQ);
+    other.extend(prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ));
+    other.extend(ct_bits(NFT_CT_STATE, CT_STATE_INVALID_NEW));
+    other.push(Expr::Verdict { code: NF_DROP });
+    Chain {
+        name: "forward",
+        kind: "filter",
+        hook: NF_INET_FORWARD,
+        priority: 0,
+        rules: vec![dnat, other],
+    }
+}
+
+/// Whether a rule of another table, as dumped, is `ct status dnat [counter] accept` (what
+/// gearnat asks users to put before their forward drops), written by nft or by iptables-nft
+/// (`-m conntrack --ctstate DNAT -j ACCEPT`).
+pub(crate) fn is_ct_dnat_accept(exprs: &[super::sys::ExprInfo]) -> bool {
+    let exprs: Vec<&super::sys::ExprInfo> = exprs.iter().filter(|e| e.name != "counter").collect();
+    let names: Vec<&str> = exprs.iter().map(|e| e.name.as_str()).collect();
+    let accepts = exprs.last().is_some_and(|e| e.verdict == Some(NF_ACCEPT));
+    let nft = names == ["ct", "bitwise", "cmp", "immediate"]
+        && exprs[0].ct_key == Some(NFT_CT_STATUS)
+        && exprs[1].mask.as_deref() == Some(&IPS_DST_NAT.to_ne_bytes()[..]);
+    let xt = names == ["match", "immediate"]
+        && exprs[0]
+            .xt_match
+            .as_ref()
+            .is_some_and(|(name, rev, info)| is_xt_ctstate_dnat(name, *rev, info));
+    accepts && (nft || xt)
+}
+
+/// `-m conntrack --ctstate DNAT` in struct xt_conntrack_mtinfo3 (<linux/netfilter/xt_conntrack.h>):
+/// eight 16-byte addresses and masks, two u32 expiry bounds and five u16 ports come first, then
+/// match_flags, invert_flags and state_mask. Only the state is matched, not inverted, and the
+/// state is exactly DNAT (1 << (IP_CT_NUMBER + 2)).
+fn is_xt_ctstate_dnat(name: &str, rev: u32, info: &[u8]) -> bool {
+    const FLAGS_AT: usize = 8 * 16 + 2 * 4 + 5 * 2;
+    const XT_CONNTRACK_STATE: u16 = 1;
+    const XT_CONNTRACK_STATE_DNAT: u16 = 1 << 7;
+    let u16_at = |at: usize| {
+        info.get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    name == "conntrack"
+        && rev == 3
+        && u16_at(FLAGS_AT) == Some(XT_CONNTRACK_STATE)
+        && u16_at(FLAGS_AT + 2) == Some(0)
+        && u16_at(FLAGS_AT + 4) == Some(XT_CONNTRACK_STATE_DNAT)
+}
+
+/// Whether a rule ends in a drop verdict or a reject.
+pub(crate) fn ends_in_drop(exprs: &[super::sys::ExprInfo]) -> bool {
+    exprs
+        .last()
+        .is_some_and(|e| e.name == "reject" || e.verdict == Some(NF_DROP))
+}
+
+/// `ct <key> <bits>`: any of `bits` set in the conntrack field `key`.
+fn ct_bits(key: u32, bits: u32) -> [Expr; 3] {
+    [
+        Expr::Ct {
+            key,
+            dreg: NFT_REG_1,
+        },
+        Expr::Bitwise {
+            sreg: NFT_REG_1,
+            dreg: NFT_REG_1,
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        cmp(NFT_CMP_NEQ, &[0; 4]),
+    ]
 }
 
 fn nat_chain(name: &'static str, hook: u32, priority: i32, rules: Vec<Vec<Expr>>) -> Chain {
@@ -415,27 +506,16 @@ fn loopback_masquerade_rule() -> Vec<Expr> {
 /// `ip saddr <pool> ip daddr <pool> ct status dnat masquerade`: hairpin, an instance reaching
 /// another (or itself) through a host port; without it the reply bypasses the DNAT.
 fn hairpin_masquerade_rule(pool: &Ipv4Net) -> Vec<Expr> {
-    let mut rule = prefix_match(IPV4_SADDR, pool);
-    rule.extend(prefix_match(IPV4_DADDR, pool));
+    let mut rule = prefix_match(IPV4_SADDR, pool, NFT_CMP_EQ);
+    rule.extend(prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ));
     rule.extend(ct_dnat_masquerade());
     rule
 }
 
 fn ct_dnat_masquerade() -> Vec<Expr> {
-    vec![
-        Expr::Ct {
-            key: NFT_CT_STATUS,
-            dreg: NFT_REG_1,
-        },
-        Expr::Bitwise {
-            sreg: NFT_REG_1,
-            dreg: NFT_REG_1,
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        cmp(NFT_CMP_NEQ, &[0; 4]),
-        Expr::Masquerade,
-    ]
+    let mut rule = ct_bits(NFT_CT_STATUS, IPS_DST_NAT).to_vec();
+    rule.push(Expr::Masquerade);
+    rule
 }
 
 fn l4proto_is(proto: Proto) -> [Expr; 2] {
@@ -448,16 +528,14 @@ fn l4proto_is(proto: Proto) -> [Expr; 2] {
     ]
 }
 
-/// `ip saddr|daddr <net>` the way nft linearizes it: a whole-byte prefix loads and compares only
-/// those bytes; any other prefix loads the address, masks it and compares it.
-fn prefix_match(offset: u32, net: &Ipv4Net) -> Vec<Expr> {
+/// `ip saddr|daddr [!=] <net>` the way nft linearizes it (`op` is NFT_CMP_EQ or NFT_CMP_NEQ): a
+/// whole-byte prefix loads and compares only those bytes; any other prefix loads the address,
+/// masks it and compares it.
+fn prefix_match(offset: u32, net: &Ipv4Net, op: u32) -> Vec<Expr> {
     let network = net.network().octets();
     if net.prefix > 0 && net.prefix % 8 == 0 {
         let len = usize::from(net.prefix / 8);
-        return vec![
-            prefix_payload(offset, net.prefix),
-            cmp(NFT_CMP_EQ, &network[..len]),
-        ];
+        return vec![prefix_payload(offset, net.prefix), cmp(op, &network[..len])];
     }
     vec![
         prefix_payload(offset, 32),
@@ -467,7 +545,7 @@ fn prefix_match(offset: u32, net: &Ipv4Net) -> Vec<Expr> {
             mask: net.mask().octets().to_vec(),
             xor: vec![0; 4],
         },
-        cmp(NFT_CMP_EQ, &network),
+        cmp(op, &network),
     ]
 }
 
@@ -555,11 +633,11 @@ mod tests {
     fn prefixes_linearize_like_nft() {
         let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
         // Whole bytes: payload of prefix/8 bytes, no mask.
-        let rule = prefix_match(IPV4_SADDR, &net("10.211.0.0/16"));
+        let rule = prefix_match(IPV4_SADDR, &net("10.211.0.0/16"), NFT_CMP_EQ);
         assert_eq!(rule.len(), 2);
         assert_eq!(rule[1], cmp(NFT_CMP_EQ, &[10, 211]));
         // Otherwise: 4 bytes, mask, compare.
-        let rule = prefix_match(IPV4_DADDR, &net("10.211.16.0/20"));
+        let rule = prefix_match(IPV4_DADDR, &net("10.211.16.0/20"), NFT_CMP_EQ);
         assert_eq!(rule.len(), 3);
         assert_eq!(
             rule[1],
@@ -571,7 +649,60 @@ mod tests {
             }
         );
         assert_eq!(rule[2], cmp(NFT_CMP_EQ, &[10, 211, 16, 0]));
-        assert_eq!(prefix_match(IPV4_DADDR, &net("0.0.0.0/0")).len(), 3);
+        assert_eq!(
+            prefix_match(IPV4_DADDR, &net("0.0.0.0/0"), NFT_CMP_EQ).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn dnat_accept_rules_are_recognised_from_nft_and_iptables() {
+        use crate::netfilter::sys::ExprInfo;
+        let named = |name: &str| ExprInfo {
+            name: name.into(),
+            ..ExprInfo::default()
+        };
+        let accept = ExprInfo {
+            verdict: Some(NF_ACCEPT),
+            ..named("immediate")
+        };
+        let nft = vec![
+            ExprInfo {
+                ct_key: Some(NFT_CT_STATUS),
+                ..named("ct")
+            },
+            ExprInfo {
+                mask: Some(IPS_DST_NAT.to_ne_bytes().to_vec()),
+                ..named("bitwise")
+            },
+            named("cmp"),
+            named("counter"),
+            accept.clone(),
+        ];
+        assert!(is_ct_dnat_accept(&nft));
+        let mut snat = nft.clone();
+        snat[1].mask = Some(16u32.to_ne_bytes().to_vec());
+        assert!(!is_ct_dnat_accept(&snat));
+
+        let mut info = vec![0u8; 160];
+        info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+        info[150..152].copy_from_slice(&0x80u16.to_ne_bytes());
+        let xt = |info: Vec<u8>| ExprInfo {
+            xt_match: Some(("conntrack".into(), 3, info)),
+            ..named("match")
+        };
+        assert!(is_ct_dnat_accept(&[xt(info.clone()), accept.clone()]));
+        let mut established = info.clone();
+        established[150..152].copy_from_slice(&0x6u16.to_ne_bytes());
+        assert!(!is_ct_dnat_accept(&[xt(established), accept.clone()]));
+        let drop = ExprInfo {
+            verdict: Some(NF_DROP),
+            ..named("immediate")
+        };
+        assert!(!is_ct_dnat_accept(&[xt(info), drop.clone()]));
+        assert!(ends_in_drop(&[named("cmp"), drop]));
+        assert!(ends_in_drop(&[named("reject")]));
+        assert!(!ends_in_drop(&nft));
     }
 
     #[test]
@@ -580,7 +711,10 @@ mod tests {
             pool: "10.211.0.0/16".parse().unwrap(),
         });
         let names: Vec<_> = host.chains.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["guard", "prerouting", "output", "postrouting"]);
+        assert_eq!(
+            names,
+            ["guard", "prerouting", "output", "postrouting", "forward"]
+        );
         assert_eq!(
             host.maps.iter().map(|m| m.name).collect::<Vec<_>>(),
             ["tcp_ports", "udp_ports"]

@@ -57,6 +57,15 @@ pub fn render(layout: &Layout, elements: &[Element]) -> String {
                  \t\tip saddr {pool} ip daddr {pool} ct status dnat masquerade"
             );
             out.push_str("\t}\n");
+            let _ = writeln!(
+                out,
+                "\tchain forward {{\n\
+                 \t\ttype filter hook forward priority filter; policy accept;\n\
+                 \t\t# only the declared mappings reach the instances from outside\n\
+                 \t\tip daddr {pool} ct status dnat accept\n\
+                 \t\tip saddr != {pool} ip daddr {pool} ct state invalid,new drop\n\
+                 \t}}"
+            );
         }
         Layout::Instance => {
             out.push_str(
@@ -185,7 +194,7 @@ mod tests {
             },
         ];
         let expected = "table ip gearnat {
-	comment \"gearnat r1 host pool 10.211.0.0/16\"
+	comment \"gearnat r2 host pool 10.211.0.0/16\"
 	map tcp_ports {
 		type inet_service : ipv4_addr . inet_service
 		elements = {
@@ -221,6 +230,12 @@ mod tests {
 		# hairpin: an instance reaching an instance through a host port
 		ip saddr 10.211.0.0/16 ip daddr 10.211.0.0/16 ct status dnat masquerade
 	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		# only the declared mappings reach the instances from outside
+		ip daddr 10.211.0.0/16 ct status dnat accept
+		ip saddr != 10.211.0.0/16 ip daddr 10.211.0.0/16 ct state invalid,new drop
+	}
 }
 ";
         assert_eq!(render(&layout, &elements), expected);
@@ -235,7 +250,7 @@ mod tests {
             owner: owner("web-1"),
         }];
         let text = render(&Layout::Instance, &elements);
-        assert!(text.starts_with("table ip gearnat {\n\tcomment \"gearnat r1 instance\"\n"));
+        assert!(text.starts_with("table ip gearnat {\n\tcomment \"gearnat r2 instance\"\n"));
         assert!(text.contains(
             "\tmap tcp_links {\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\
              \t\telements = {\n\

@@ -539,6 +539,128 @@ unsafe extern "C" fn collect_element(e: *mut sys::nftnl_set_elem, data: *mut lib
     0
 }
 
+/// A chain of any table and family, as a dump shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChainInfo {
+    pub family: u32,
+    pub table: String,
+    pub name: String,
+    /// Base chains only: the hook and the policy (NF_ACCEPT, NF_DROP).
+    pub hook: Option<u32>,
+    pub policy: Option<u32>,
+}
+
+/// Parses one NEWCHAIN message.
+pub(crate) fn parse_chain(msg: &[u8]) -> Option<ChainInfo> {
+    let buf = MsgBuf::from_bytes(msg);
+    // SAFETY: as in `parse_table`.
+    unsafe {
+        let c = sys::nftnl_chain_alloc();
+        assert!(!c.is_null(), "out of memory");
+        let parsed = sys::nftnl_chain_nlmsg_parse(buf.nlh(), c) >= 0;
+        let u32_if_set = |attr: u32| {
+            sys::nftnl_chain_is_set(c, attr as u16)
+                .then(|| sys::nftnl_chain_get_u32(c, attr as u16))
+        };
+        let info = parsed.then(|| ChainInfo {
+            family: sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_FAMILY as u16),
+            table: owned_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16)),
+            name: owned_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)),
+            hook: u32_if_set(sys::NFTNL_CHAIN_HOOKNUM),
+            policy: u32_if_set(sys::NFTNL_CHAIN_POLICY),
+        });
+        sys::nftnl_chain_free(c);
+        info
+    }
+}
+
+/// One expression of a rule, reduced to what tells a drop from a `ct status dnat accept`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ExprInfo {
+    pub name: String,
+    /// `ct`: the key loaded.
+    pub ct_key: Option<u32>,
+    /// `bitwise`: the mask.
+    pub mask: Option<Vec<u8>>,
+    /// `immediate`: the verdict.
+    pub verdict: Option<u32>,
+    /// `match` (an xtables match, as iptables-nft writes them): its name, revision and info.
+    pub xt_match: Option<(String, u32, Vec<u8>)>,
+}
+
+/// A rule of any table and family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RuleInfo {
+    pub family: u32,
+    pub table: String,
+    pub chain: String,
+    pub handle: u64,
+    pub exprs: Vec<ExprInfo>,
+}
+
+/// Parses one NEWRULE message.
+pub(crate) fn parse_rule(msg: &[u8]) -> Option<RuleInfo> {
+    let buf = MsgBuf::from_bytes(msg);
+    let mut exprs: Vec<ExprInfo> = Vec::new();
+    // SAFETY: as in `parse_table`; `collect_expr` gets `exprs` as its data pointer, used only
+    // during `nftnl_expr_foreach`, while nothing else touches it.
+    unsafe {
+        let r = sys::nftnl_rule_alloc();
+        assert!(!r.is_null(), "out of memory");
+        let parsed = sys::nftnl_rule_nlmsg_parse(buf.nlh(), r) >= 0;
+        if parsed {
+            let data = ptr::from_mut(&mut exprs).cast();
+            sys::nftnl_expr_foreach(r, Some(collect_expr), data);
+        }
+        let info = parsed.then(|| RuleInfo {
+            family: sys::nftnl_rule_get_u32(r, sys::NFTNL_RULE_FAMILY as u16),
+            table: owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16)),
+            chain: owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16)),
+            handle: sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16),
+            exprs,
+        });
+        sys::nftnl_rule_free(r);
+        info
+    }
+}
+
+unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut libc::c_void) -> i32 {
+    // SAFETY: `data` is the `Vec<ExprInfo>` passed by `parse_rule`, `e` an expression of the
+    // rule being iterated; everything read is copied before the rule is freed.
+    unsafe {
+        let exprs = &mut *data.cast::<Vec<ExprInfo>>();
+        let name = owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16));
+        let u32_if_set = |attr: u32| {
+            sys::nftnl_expr_is_set(e, attr as u16).then(|| sys::nftnl_expr_get_u32(e, attr as u16))
+        };
+        let mut info = ExprInfo::default();
+        let mut info_of_match = None;
+        match name.as_str() {
+            "ct" => info.ct_key = u32_if_set(sys::NFTNL_EXPR_CT_KEY),
+            "immediate" => info.verdict = u32_if_set(sys::NFTNL_EXPR_IMM_VERDICT),
+            "match" => {
+                let mut len = 0u32;
+                let info = sys::nftnl_expr_get(e, sys::NFTNL_EXPR_MT_INFO as u16, &mut len);
+                info_of_match = Some((
+                    owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_MT_NAME as u16)),
+                    sys::nftnl_expr_get_u32(e, sys::NFTNL_EXPR_MT_REV as u16),
+                    owned_bytes(info, len).unwrap_or_default(),
+                ));
+            }
+            "bitwise" => {
+                let mut len = 0u32;
+                let mask = sys::NFTNL_EXPR_BITWISE_MASK as u16;
+                info.mask = owned_bytes(sys::nftnl_expr_get(e, mask, &mut len), len);
+            }
+            _ => {}
+        }
+        info.name = name;
+        info.xt_match = info_of_match;
+        exprs.push(info);
+    }
+    0
+}
+
 /// Parses one NEWGEN message: the generation id.
 pub(crate) fn parse_gen(msg: &[u8]) -> Option<u32> {
     let buf = MsgBuf::from_bytes(msg);
