@@ -1,6 +1,8 @@
 //! The command line without a kernel: `compile` against the golden file, exit statuses, and the
 //! plain refusal without privileges.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -56,7 +58,7 @@ fn compile_of_a_bad_file_exits_2_naming_file_and_place() {
 /// apply, diff, down and status refuse plainly without CAP_NET_ADMIN, before touching anything.
 #[test]
 fn without_privileges_commands_say_so_and_exit_2() {
-    let Ok(setpriv) = which("setpriv") else {
+    let Some(setpriv) = common::which("setpriv") else {
         eprintln!("skipped: setpriv (util-linux) not found");
         return;
     };
@@ -97,14 +99,4 @@ fn without_privileges_commands_say_so_and_exit_2() {
         assert!(err.contains("needs root"), "{args:?}: {err}");
     }
     assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
-}
-
-fn which(name: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
 }

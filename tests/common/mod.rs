@@ -353,3 +353,11 @@ pub fn udp_request(
 mod nft;
 #[allow(unused_imports)]
 pub use nft::*;
+
+/// The path of program `name` on PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(name))
+        .find(|p| p.is_file())
+}
