@@ -4,7 +4,9 @@
 pub mod cli;
 pub mod commands;
 pub mod deployment;
+pub mod docker;
 mod error;
+pub mod firewall;
 pub mod geard;
 pub mod link;
 pub mod model;

@@ -178,7 +178,7 @@ pub fn host_ifname(instance_id: &str) -> String {
 }
 
 /// FNV-1a, 64 bits (Fowler, Noll, Vo; the parameters of draft-eastlake-fnv).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, b| {

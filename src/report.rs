@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
-use crate::plan::{NsPlan, Plan, Wiring};
+use crate::plan::{ContainerAction, NsPlan, Plan, Wiring};
 use crate::resolve::Resolved;
 use crate::ruleset::Element;
 
@@ -15,8 +15,18 @@ pub fn plan_lines(plan: &Plan, bridge: &str) -> Vec<String> {
     if plan.create_bridge {
         out.push(format!("+ bridge {bridge}"));
     }
+    for (id, action) in &plan.containers {
+        out.push(container_line(id, action));
+    }
     for (id, w) in &plan.wiring {
         match w {
+            Wiring::Join { address, .. } if plan.docker => {
+                out.push(format!("+ wiring of container {id} {address} on {bridge}"));
+            }
+            Wiring::Remove { .. } if plan.containers.contains_key(id) => {}
+            Wiring::Remove { .. } if plan.docker => {
+                out.push(format!("- wiring of container {id}"));
+            }
             Wiring::Join {
                 create_netns,
                 address,
@@ -43,6 +53,18 @@ pub fn plan_lines(plan: &Plan, bridge: &str) -> Vec<String> {
         ns_lines(&mut out, id, ns);
     }
     out
+}
+
+/// `+ container web-1 image X`, `~ container web-1 (image changed)`, `- container web-2`.
+pub fn container_line(id: &str, action: &ContainerAction) -> String {
+    match action {
+        ContainerAction::Create { spec } => format!("+ container {id} image {}", spec.image),
+        ContainerAction::Recreate { spec, reason } => {
+            format!("~ container {id} ({reason}) image {}", spec.image)
+        }
+        ContainerAction::Start => format!("~ container {id} (stopped) start"),
+        ContainerAction::Remove => format!("- container {id}"),
+    }
 }
 
 fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
@@ -102,6 +124,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "in_sync": plan.is_empty(),
         "create_bridge": plan.create_bridge,
         "wiring": plan.wiring,
+        "containers": plan.containers,
         "host": ns(&plan.host),
         "instances": plan.instances.iter().map(|(id, p)| (id.clone(), ns(p))).collect::<serde_json::Map<_, _>>(),
     })
