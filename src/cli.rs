@@ -56,6 +56,9 @@ pub enum Command {
     /// Print the rulesets `apply` would load, in nft syntax, one block per namespace (no root
     /// needed).
     Compile(DeployArgs),
+    /// Keep applied deployments in place: follow Docker's container events and nftables
+    /// changes, and re-reconcile the affected deployments (runs until SIGTERM or SIGINT).
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]

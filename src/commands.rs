@@ -19,7 +19,7 @@ use crate::runtime::{self, Network, Runtime};
 use crate::state::{DeploymentRecord, Reservations, StateDir};
 use crate::{deployment, firewall, geard, link, netfilter, Error};
 
-fn network(args: &NetworkArgs) -> Network {
+pub(crate) fn network(args: &NetworkArgs) -> Network {
     Network {
         bridge: args.bridge.clone(),
         pool: args.subnet,
@@ -27,7 +27,7 @@ fn network(args: &NetworkArgs) -> Network {
 }
 
 /// Fails plainly unless this process may change netfilter and enter namespaces.
-fn require_admin(command: &'static str) -> Result<(), Error> {
+pub(crate) fn require_admin(command: &'static str) -> Result<(), Error> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -83,7 +83,7 @@ fn pick_runtime(choice: cli::Runtime, record: Option<&DeploymentRecord>) -> Resu
 }
 
 /// The runtime a deployment record names.
-fn runtime_named(name: &str) -> Result<Runtime, Error> {
+pub(crate) fn runtime_named(name: &str) -> Result<Runtime, Error> {
     match name {
         "docker" => Ok(Runtime::Docker(connect_docker()?)),
         _ => Ok(Runtime::Netns),
@@ -98,7 +98,7 @@ fn connect_docker() -> Result<Docker, Error> {
 
 /// Docker runtime: what each instance's container runs, from its container's image and
 /// environment.
-fn attach_containers(
+pub(crate) fn attach_containers(
     rt: &Runtime,
     d: &Deployment,
     resolved: &Resolved,
@@ -131,7 +131,7 @@ fn load(args: &DeployArgs) -> Result<Deployment, Error> {
     Ok(deployment::load(&args.file, args.name.as_deref())?)
 }
 
-fn lock(state_dir: &Path) -> Result<StateDir, Error> {
+pub(crate) fn lock(state_dir: &Path) -> Result<StateDir, Error> {
     Ok(StateDir::lock(state_dir, |path| {
         eprintln!(
             "gearnat: another gearnat is running; waiting for its lock on {}",
@@ -154,7 +154,7 @@ fn listening() -> Result<BTreeSet<(Proto, u16)>, Error> {
 }
 
 /// Resolves `d` against the saved reservations.
-fn resolve_with(
+pub(crate) fn resolve_with(
     d: &Deployment,
     file: &Path,
     reservations: &Reservations,
@@ -172,7 +172,7 @@ fn resolve_with(
     })
 }
 
-fn plan_config(net: &Network) -> plan::NetworkConfig {
+pub(crate) fn plan_config(net: &Network) -> plan::NetworkConfig {
     plan::NetworkConfig {
         bridge: net.bridge.clone(),
         pool: net.pool,
@@ -219,7 +219,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
 }
 
 /// Lets the bridge's forwarded traffic through the host's other firewalls, saying what it did.
-fn firewall_pass(net: &Network, output: Output) -> Result<(), Error> {
+pub(crate) fn firewall_pass(net: &Network, output: Output) -> Result<(), Error> {
     for line in firewall::ensure(&net.bridge)? {
         match output {
             Output::Text => println!("{line}"),
@@ -263,7 +263,7 @@ fn read_back(
 }
 
 /// The record as it stands once `desired` is in place: only its instances remain.
-fn record_for(desired: &Desired, record: &DeploymentRecord) -> DeploymentRecord {
+pub(crate) fn record_for(desired: &Desired, record: &DeploymentRecord) -> DeploymentRecord {
     let instances: Vec<String> = desired.instances.iter().map(|i| i.id.clone()).collect();
     let created_netns = record
         .created_netns

@@ -41,6 +41,8 @@ pub enum Error {
     RuntimeChanged { name: String, runtime: String },
     #[error("{0}")]
     Firewall(#[from] crate::firewall::Error),
+    #[error("blocking SIGTERM and SIGINT for watch: {}", .0.desc())]
+    Signals(nix::errno::Errno),
     #[error("{path}: {message}")]
     Usage { path: PathBuf, message: String },
     #[error("after applying, the kernel does not hold what was planned:\n{}", .0.join("\n"))]

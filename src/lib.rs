@@ -19,5 +19,6 @@ pub mod resolve;
 pub mod ruleset;
 pub mod runtime;
 pub mod state;
+pub mod watch;
 
 pub use error::Error;

@@ -12,6 +12,7 @@
 
 mod batch;
 mod dump;
+mod monitor;
 mod netlink;
 mod program;
 mod render;
@@ -26,6 +27,7 @@ use std::io;
 
 pub use batch::commit;
 pub use dump::dump;
+pub use monitor::{Monitor, Removal};
 pub use render::render;
 pub use udata::COMMENT_MAX_LEN;
 
