@@ -345,14 +345,21 @@ fn wire(
         addr: address,
         prefix: net.pool.prefix,
     };
-    in_host(host, || {
-        link::ensure_veth(&host_if, &net.bridge, netns, INNER_IF, inner, net.gateway())
-    })?
-    .map_err(|source| Error::Wire {
+    let wire_err = |source| Error::Wire {
         id: id.to_string(),
         bridge: net.bridge.clone(),
         source,
-    })
+    };
+    in_host(host, || {
+        let changed =
+            link::ensure_veth(&host_if, &net.bridge, netns, INNER_IF, inner, net.gateway())?;
+        // A new veth has a new MAC behind the instance's address (see forget_neighbour).
+        if changed {
+            link::forget_neighbour(address)?;
+        }
+        Ok(changed)
+    })?
+    .map_err(wire_err)
 }
 
 fn wired_in_place(
