@@ -107,7 +107,10 @@ pub(crate) fn attach_containers(
     if rt.docker().is_none() {
         return Ok(());
     }
-    for (want, inst) in desired.instances.iter_mut().zip(&resolved.instances) {
+    for want in &mut desired.instances {
+        let Some(inst) = resolved.instances.iter().find(|i| i.id == want.id) else {
+            continue;
+        };
         let container = d.container(&inst.container);
         let image = inst.image.clone().ok_or_else(|| {
             runtime::Error::from(docker::Error::NoImage {
@@ -195,8 +198,8 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record)?;
 
     if plan.is_empty() {
-        firewall_pass(&net, args.output.output)?;
         print_plan(args.output.output, &plan, &net, &resolved);
+        firewall_pass(&net, args.output.output)?;
         save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
         return Ok(Status::Done);
     }

@@ -357,12 +357,16 @@ fn container_id(name: &str) -> String {
 }
 
 /// Runs `f` inside container `name`'s network namespace.
-fn in_container<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
-    let pid: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", name])
+/// Runs `f` inside container `name`'s network namespace; an error while the container is
+/// missing or stopped.
+fn in_container<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let out = quiet("docker", &["inspect", "-f", "{{.State.Pid}}", name]);
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
         .parse()
-        .unwrap();
-    let ns = Netns::open_pid(pid).unwrap();
-    netns::run_in(&ns, f).unwrap()
+        .map_err(|_| std::io::Error::other(format!("no running container {name}")))?;
+    let ns = Netns::open_pid(pid).map_err(std::io::Error::other)?;
+    netns::run_in(&ns, f).map_err(std::io::Error::other)
 }
 
 /// What a server sends before closing, after `request`.
@@ -403,7 +407,7 @@ fn local(port: u16) -> SocketAddr {
 /// The link from inside web-1: 127.0.0.1:27017 -> host:db_port -> db-1:27017.
 fn link_answers(env: &Env) -> std::io::Result<String> {
     let web = env.id("web-1");
-    in_container(&web, || exchange(local(27017), ""))
+    in_container(&web, || exchange(local(27017), ""))?
 }
 
 /// The plan's container actions.
@@ -486,7 +490,10 @@ fn containers_are_mapped_linked_recreated_and_removed() {
     assert_eq!(eventually("host -> web", || http_get(local(port))), "web\n");
     assert_eq!(eventually("link web -> db", || link_answers(&env)), "db\n");
     let hairpin = SocketAddr::from((env.gateway, port));
-    assert_eq!(in_container(&web, || http_get(hairpin)).unwrap(), "web\n");
+    assert_eq!(
+        in_container(&web, || http_get(hairpin)).unwrap().unwrap(),
+        "web\n"
+    );
 
     // Without gearnat's DOCKER-USER rules Docker's policy drops the forwarded link; the next
     // apply puts them back and says so.
@@ -592,6 +599,15 @@ fn watch_rewires_a_restarted_container_and_restores_a_deleted_table() {
         "web\n"
     );
 
+    // A container removed behind gearnat's back is created again, and wired.
+    let web = env.id("web-1");
+    docker(&["rm", "-f", &web]);
+    watch.wait_for(&format!("+ container {web} image"));
+    assert_eq!(
+        eventually("link from the new web", || link_answers(&env)),
+        "db\n"
+    );
+
     watch.terminate();
     let out = env.gearnat(&["down", "--name", &env.deployment()]);
     assert_eq!(out.status.code(), Some(0));
@@ -614,6 +630,6 @@ fn down_can_keep_the_containers() {
     let running = docker(&["inspect", "-f", "{{.State.Running}}", &web]);
     assert_eq!(running, "true");
     // Unwired: its eth0 went with the host end of the veth.
-    let eth0 = in_container(&web, || gearnat::link::link_exists("eth0").unwrap());
+    let eth0 = in_container(&web, || gearnat::link::link_exists("eth0").unwrap()).unwrap();
     assert!(!eth0, "eth0 left inside after down --keep-containers");
 }
