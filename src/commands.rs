@@ -451,6 +451,21 @@ pub fn status(
             continue;
         };
         let file = state.resolved_path(&name);
+        // A record without its resolved file: the first apply failed before the end.
+        if !file.exists() {
+            match args.output {
+                Output::Text => println!(
+                    "{name}: apply did not finish (run gearnat apply again, or gearnat down)"
+                ),
+                Output::Json => all.push(json!({
+                    "deployment": name,
+                    "source": record.source,
+                    "in_sync": false,
+                    "unfinished": true,
+                })),
+            }
+            continue;
+        }
         let d = deployment::load(&file, Some(&name))?;
         let (resolved, _) = resolve_with(&d, &file, &reservations, &BTreeSet::new(), &net)?;
         let mut desired = plan::desired(&resolved, &plan_config(&net));

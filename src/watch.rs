@@ -151,6 +151,10 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
         return Ok(());
     };
     let file = state.resolved_path(name);
+    if !file.exists() {
+        log::info!("{name}: its first apply did not finish; left to `gearnat apply`");
+        return Ok(());
+    }
     let d = deployment::load(&file, Some(name))?;
     let (resolved, _) = resolve_with(&d, &file, &state.reservations()?, &BTreeSet::new(), net)?;
     let mut desired = plan::desired(&resolved, &plan_config(net));

@@ -509,6 +509,13 @@ fn containers_are_mapped_linked_recreated_and_removed() {
         assert_eq!(eventually("link back", || link_answers(&env)), "db\n");
     }
 
+    let status = env.gearnat(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!("{}: 2 instances, in sync", env.deployment())),
+        "{text}"
+    );
+
     // Unchanged: nothing recreated.
     let (web_id, db_id) = (container_id(&web), container_id(&db));
     let out = env.apply(&file);
@@ -518,6 +525,8 @@ fn containers_are_mapped_linked_recreated_and_removed() {
     // A changed image recreates exactly that container.
     let web2 = env.tag_web(2);
     let file = env.write(&web2, 0);
+    let diff = env.gearnat(&["diff", file.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(1), "diff: changes pending");
     let out = env.apply(&file);
     let actions = container_lines(&out);
     assert_eq!(
