@@ -304,12 +304,17 @@ impl Docker {
     }
 
     pub fn start(&self, id: &str) -> Result<(), Error> {
-        self.rt
-            .block_on(self.client.start_container(id, None))
-            .map_err(|source| Error::Start {
+        match self.rt.block_on(self.client.start_container(id, None)) {
+            // 304: already running (started by someone else meanwhile).
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(source) => Err(Error::Start {
                 id: id.to_string(),
                 source,
-            })
+            }),
+        }
     }
 
     /// Stops and removes instance `id`'s container; a missing one is no error.

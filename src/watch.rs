@@ -166,7 +166,9 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
         log::info!("{name}: container {id} is stopped; left so (`gearnat apply` starts it)");
     }
     if plan.is_empty() {
-        return Ok(());
+        // Gearnat's iptables rules live outside its table, so no notification announces
+        // their removal: every pass checks them.
+        return firewall_pass(net, Output::Text);
     }
     for line in report::plan_lines(&plan, &net.bridge) {
         println!("watch: {name}: {line} ({reason})");

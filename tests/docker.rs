@@ -186,7 +186,8 @@ impl Env {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gearnat"))
             .arg("--state-dir")
             .arg(self.state.path())
-            .args(["watch", "--bridge", &self.bridge, "--subnet", &self.subnet])
+            .args(["watch", "--resync", "2"])
+            .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -614,6 +615,13 @@ fn watch_rewires_a_restarted_container_and_restores_a_deleted_table() {
         eventually("host port back", || http_get(local(port))),
         "web\n"
     );
+
+    // gearnat's DOCKER-USER rules removed by someone: the next resync puts them back.
+    if forward_policy_drops() {
+        gearnat::firewall::remove(&env.bridge).unwrap();
+        watch.wait_for("firewall: iptables FORWARD policy is DROP");
+        assert_eq!(iptables_rules_of(&env.bridge).len(), 2);
+    }
 
     // A container removed behind gearnat's back is created again, and wired.
     let web = env.id("web-1");
