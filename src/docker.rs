@@ -319,12 +319,31 @@ impl Docker {
 
     /// Stops and removes instance `id`'s container; a missing one is no error.
     pub fn remove(&self, id: &str) -> Result<bool, Error> {
+        self.rt.block_on(self.remove_async(id))
+    }
+
+    /// Stops and removes several containers at once: each may take [`STOP_TIMEOUT`] to stop,
+    /// and they stop side by side. Returns the ids that were there.
+    pub fn remove_many(&self, ids: &[&str]) -> Result<Vec<String>, Error> {
+        let all = self.rt.block_on(futures::future::join_all(
+            ids.iter().map(|id| self.remove_async(id)),
+        ));
+        let mut removed = Vec::new();
+        for (id, result) in ids.iter().zip(all) {
+            if result? {
+                removed.push(id.to_string());
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn remove_async(&self, id: &str) -> Result<bool, Error> {
         let err = |source| Error::Remove {
             id: id.to_string(),
             source,
         };
         let stop = StopContainerOptionsBuilder::new().t(STOP_TIMEOUT).build();
-        match self.rt.block_on(self.client.stop_container(id, Some(stop))) {
+        match self.client.stop_container(id, Some(stop)).await {
             Ok(()) => {}
             Err(e) if not_found(&e) => return Ok(false),
             // 304: already stopped.
@@ -334,10 +353,7 @@ impl Docker {
             Err(e) => return Err(err(e)),
         }
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self
-            .rt
-            .block_on(self.client.remove_container(id, Some(options)))
-        {
+        match self.client.remove_container(id, Some(options)).await {
             Ok(()) => Ok(true),
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(err(e)),

@@ -163,14 +163,20 @@ fn remove_instances(
     plan: &Plan,
     record: &mut DeploymentRecord,
 ) -> Result<(), Error> {
-    for (id, w) in &plan.wiring {
-        if let Wiring::Remove { delete_netns } = w {
-            rt.remove_instance(host, net, id, *delete_netns)?;
-            if *delete_netns {
-                record.created_netns.retain(|n| n != id);
-            }
-            log::info!("removed {id} from {}", net.bridge);
+    let gone: Vec<(&str, bool)> = plan
+        .wiring
+        .iter()
+        .filter_map(|(id, w)| match w {
+            Wiring::Remove { delete_netns } => Some((id.as_str(), *delete_netns)),
+            Wiring::Join { .. } => None,
+        })
+        .collect();
+    rt.remove_instances(host, net, &gone)?;
+    for (id, deleted) in gone {
+        if deleted {
+            record.created_netns.retain(|n| n != id);
         }
+        log::info!("removed {id} from {}", net.bridge);
     }
     Ok(())
 }

@@ -194,25 +194,25 @@ impl Runtime {
         wired_in_place(host, net, id, address, ns)
     }
 
-    /// Unwires instance `id`; with `delete`, also removes what holds it (netns: the namespace;
-    /// docker: the container).
-    pub fn remove_instance(
+    /// Unwires the instances that go; for those marked `true`, also removes what holds them
+    /// (netns: the namespace; docker: the container, all stopping side by side).
+    pub fn remove_instances(
         &self,
         host: &Netns,
         net: &Network,
-        id: &str,
-        delete: bool,
+        gone: &[(&str, bool)],
     ) -> Result<(), Error> {
-        match self {
-            Runtime::Netns => remove_instance(host, net, id, delete),
-            Runtime::Docker(d) => {
-                remove_instance(host, net, id, false)?;
-                if delete && d.remove(id)? {
-                    log::info!("removed container {id}");
-                }
-                Ok(())
+        let docker = self.docker();
+        for (id, delete) in gone {
+            remove_instance(host, net, id, *delete && docker.is_none())?;
+        }
+        if let Some(d) = docker {
+            let ids: Vec<&str> = gone.iter().filter(|g| g.1).map(|g| g.0).collect();
+            for id in d.remove_many(&ids)? {
+                log::info!("removed container {id}");
             }
         }
+        Ok(())
     }
 }
 
