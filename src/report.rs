@@ -238,3 +238,51 @@ pub fn paths(resolved: &Resolved, installed: &std::collections::BTreeSet<Element
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::ContainerSpec;
+
+    #[test]
+    fn container_actions_read_as_plan_lines() {
+        let spec = ContainerSpec {
+            image: "web:2".into(),
+            env: vec![],
+        };
+        let mut plan = Plan {
+            docker: true,
+            ..Plan::default()
+        };
+        plan.containers.insert(
+            "web-1".into(),
+            ContainerAction::Recreate {
+                spec: spec.clone(),
+                reason: "image changed".into(),
+            },
+        );
+        plan.containers
+            .insert("web-2".into(), ContainerAction::Remove);
+        plan.containers
+            .insert("web-3".into(), ContainerAction::Create { spec });
+        plan.wiring.insert(
+            "web-1".into(),
+            Wiring::Join {
+                create_netns: true,
+                address: "10.211.0.2".parse().unwrap(),
+            },
+        );
+        plan.wiring
+            .insert("web-2".into(), Wiring::Remove { delete_netns: true });
+        assert_eq!(
+            plan_lines(&plan, "gearnat0"),
+            [
+                "~ container web-1 (image changed) image web:2",
+                "- container web-2",
+                "+ container web-3 image web:2",
+                "+ wiring of container web-1 10.211.0.2 on gearnat0",
+            ]
+        );
+        assert_eq!(plan_json(&plan)["containers"]["web-2"]["action"], "remove");
+    }
+}

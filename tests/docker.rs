@@ -639,13 +639,34 @@ fn watch_rewires_a_restarted_container_and_restores_a_deleted_table() {
 }
 
 #[test]
-fn down_can_keep_the_containers() {
+fn auto_picks_docker_the_record_keeps_it_and_down_can_keep_containers() {
     let Some(mut env) = Env::new('c', 2) else {
         return;
     };
     env.build_images();
     let file = env.write(&env.image("web", 1), 0);
-    env.apply(&file);
+    let path = file.to_str().unwrap();
+    // No --runtime: auto picks docker here, and says so.
+    let out = env.gearnat(&["apply", path]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gearnat: runtime docker (a Docker API"),
+        "{err}"
+    );
+    // The record keeps the runtime: another one is refused until down.
+    let out = env.gearnat(&["apply", "--runtime", "netns", path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs on the docker runtime"), "{err}");
+    let state = std::fs::read_to_string(
+        env.state
+            .path()
+            .join(format!("deployments/{}.state.json", env.deployment())),
+    )
+    .unwrap();
+    assert!(state.contains(r#""runtime": "docker""#), "{state}");
+
     let web = env.id("web-1");
     let out = env.gearnat(&["down", "--keep-containers", "--name", &env.deployment()]);
     assert_eq!(out.status.code(), Some(0));
