@@ -16,7 +16,7 @@ use std::time::Duration;
 use bollard::models::{ContainerCreateBody, EventMessage, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::{Stream, StreamExt};
 
@@ -41,6 +41,11 @@ pub enum Error {
     },
     #[error("the Docker API at {host} did not answer within {}s", CONNECT_TIMEOUT.as_secs())]
     Timeout { host: String },
+    #[error(
+        "DOCKER_HOST is unset and neither /var/run/docker.sock nor /run/podman/podman.sock \
+         exists"
+    )]
+    NoSocket,
     #[error("starting the Docker client's runtime: {0}")]
     Runtime(std::io::Error),
     #[error("inspecting container {id}: {source}")]
@@ -74,8 +79,6 @@ pub enum Error {
         id: String,
         source: bollard::errors::Error,
     },
-    #[error("listing gearnat's containers: {0}")]
-    List(bollard::errors::Error),
     #[error("container {id} has no image; the docker runtime needs one (`image` in the file)")]
     NoImage { id: String },
 }
@@ -126,9 +129,7 @@ impl Docker {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let mut last = Error::Timeout {
-            host: "unix:///var/run/docker.sock".into(),
-        };
+        let mut last = Error::NoSocket;
         for host in hosts() {
             match Self::connect_to(&rt, &host) {
                 Ok((client, api_version)) => {
@@ -358,33 +359,6 @@ impl Docker {
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(err(e)),
         }
-    }
-
-    /// Names (instance ids) of gearnat's containers, of one deployment or of all.
-    pub fn list(&self, deployment: Option<&str>) -> Result<Vec<(String, String)>, Error> {
-        let label = match deployment {
-            Some(d) => format!("{LABEL_DEPLOYMENT}={d}"),
-            None => LABEL_DEPLOYMENT.to_string(),
-        };
-        let filters = HashMap::from([("label", vec![label])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .rt
-            .block_on(self.client.list_containers(Some(options)))
-            .map_err(Error::List)?;
-        Ok(list
-            .into_iter()
-            .filter_map(|c| {
-                let labels = c.labels?;
-                Some((
-                    labels.get(LABEL_DEPLOYMENT)?.clone(),
-                    labels.get(LABEL_INSTANCE)?.clone(),
-                ))
-            })
-            .collect())
     }
 
     /// Container events of gearnat's containers (every deployment's), from now on.
