@@ -56,6 +56,9 @@ pub enum Command {
     /// Print the rulesets `apply` would load, in nft syntax, one block per namespace (no root
     /// needed).
     Compile(DeployArgs),
+    /// Keep applied deployments in place: follow Docker's container events and nftables
+    /// changes, and re-reconcile the affected deployments (runs until SIGTERM or SIGINT).
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,8 +68,11 @@ pub struct DeployArgs {
     /// The deployment's name; default: the file's stem.
     #[arg(long)]
     pub name: Option<String>,
-    /// How instances are run: `netns` makes each one a network namespace /run/netns/<id>.
-    #[arg(long, value_enum, default_value_t = Runtime::Netns)]
+    /// How instances are run: `docker` runs each one as a Docker container named by its id
+    /// (DOCKER_HOST honoured; Podman's compatible socket works), `netns` makes each one a
+    /// network namespace /run/netns/<id>, `auto` picks docker when a Docker API answers, else
+    /// netns (a deployment applied before keeps its runtime).
+    #[arg(long, value_enum, env = "GEARNAT_RUNTIME", default_value_t = Runtime::Auto)]
     pub runtime: Runtime,
     #[command(flatten)]
     pub network: NetworkArgs,
@@ -81,8 +87,21 @@ pub struct DownArgs {
     pub file: Option<PathBuf>,
     #[arg(long)]
     pub name: Option<String>,
+    /// Docker runtime: leave the deployment's containers running (only their wiring and
+    /// tables go).
+    #[arg(long)]
+    pub keep_containers: bool,
     #[command(flatten)]
     pub network: NetworkArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Also re-reconcile every deployment this often, whatever happened (0: only on events).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub resync: u64,
 }
 
 #[derive(Debug, Args)]
@@ -119,5 +138,7 @@ pub enum Output {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Runtime {
+    Auto,
+    Docker,
     Netns,
 }

@@ -6,18 +6,20 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::cli::{DeployArgs, DownArgs, NetworkArgs, Output, OutputArgs, Status};
+use crate::cli::{self, DeployArgs, DownArgs, NetworkArgs, Output, OutputArgs, Status};
+use crate::docker::{self, Docker};
 use crate::model::{Deployment, Proto};
 use crate::netns::Netns;
+use crate::plan::ContainerSpec;
 use crate::plan::{self, Desired, Record};
 use crate::reconcile;
 use crate::report;
 use crate::resolve::{self, Resolved};
-use crate::runtime::Network;
+use crate::runtime::{self, Network, Runtime};
 use crate::state::{DeploymentRecord, Reservations, StateDir};
-use crate::{deployment, geard, link, netfilter, Error};
+use crate::{deployment, firewall, geard, link, netfilter, Error};
 
-fn network(args: &NetworkArgs) -> Network {
+pub(crate) fn network(args: &NetworkArgs) -> Network {
     Network {
         bridge: args.bridge.clone(),
         pool: args.subnet,
@@ -25,7 +27,7 @@ fn network(args: &NetworkArgs) -> Network {
 }
 
 /// Fails plainly unless this process may change netfilter and enter namespaces.
-fn require_admin(command: &'static str) -> Result<(), Error> {
+pub(crate) fn require_admin(command: &'static str) -> Result<(), Error> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -42,11 +44,97 @@ fn require_admin(command: &'static str) -> Result<(), Error> {
     }
 }
 
+/// The runtime for a deployment: the one its record names when it was applied before (a
+/// different explicit choice is refused), else the one asked for, `auto` meaning docker when a
+/// Docker API answers.
+fn pick_runtime(choice: cli::Runtime, record: Option<&DeploymentRecord>) -> Result<Runtime, Error> {
+    if let Some(r) = record {
+        let asked = match choice {
+            cli::Runtime::Auto => None,
+            cli::Runtime::Docker => Some("docker"),
+            cli::Runtime::Netns => Some("netns"),
+        };
+        if asked.is_some_and(|a| a != r.runtime) {
+            return Err(Error::RuntimeChanged {
+                name: r.name.clone(),
+                runtime: r.runtime.clone(),
+            });
+        }
+        return runtime_named(&r.runtime);
+    }
+    match choice {
+        cli::Runtime::Netns => Ok(Runtime::Netns),
+        cli::Runtime::Docker => Ok(Runtime::Docker(connect_docker()?)),
+        cli::Runtime::Auto => match Docker::connect() {
+            Ok(d) => {
+                eprintln!(
+                    "gearnat: runtime docker (a Docker API {} answers at {})",
+                    d.api_version(),
+                    d.host()
+                );
+                Ok(Runtime::Docker(d))
+            }
+            Err(e) => {
+                eprintln!("gearnat: runtime netns (no Docker API: {e})");
+                Ok(Runtime::Netns)
+            }
+        },
+    }
+}
+
+/// The runtime a deployment record names.
+pub(crate) fn runtime_named(name: &str) -> Result<Runtime, Error> {
+    match name {
+        "docker" => Ok(Runtime::Docker(connect_docker()?)),
+        _ => Ok(Runtime::Netns),
+    }
+}
+
+fn connect_docker() -> Result<Docker, Error> {
+    let d = Docker::connect().map_err(runtime::Error::from)?;
+    log::info!("Docker API {} at {}", d.api_version(), d.host());
+    Ok(d)
+}
+
+/// Docker runtime: what each instance's container runs, from its container's image and
+/// environment.
+pub(crate) fn attach_containers(
+    rt: &Runtime,
+    d: &Deployment,
+    resolved: &Resolved,
+    desired: &mut Desired,
+) -> Result<(), Error> {
+    if rt.docker().is_none() {
+        return Ok(());
+    }
+    for want in &mut desired.instances {
+        let Some(inst) = resolved.instances.iter().find(|i| i.id == want.id) else {
+            continue;
+        };
+        let container = d.container(&inst.container);
+        let image = inst.image.clone().ok_or_else(|| {
+            runtime::Error::from(docker::Error::NoImage {
+                id: inst.id.clone(),
+            })
+        })?;
+        let env = container
+            .map(|c| {
+                c.environment
+                    .iter()
+                    .map(|e| format!("{}={}", e.name, e.value))
+                    .collect()
+            })
+            .unwrap_or_default();
+        want.container = Some(ContainerSpec { image, env });
+    }
+    Ok(())
+}
+
 fn load(args: &DeployArgs) -> Result<Deployment, Error> {
     Ok(deployment::load(&args.file, args.name.as_deref())?)
 }
 
-fn lock(state_dir: &Path) -> Result<StateDir, Error> {
+pub(crate) fn lock(state_dir: &Path) -> Result<StateDir, Error> {
     Ok(StateDir::lock(state_dir, |path| {
         eprintln!(
             "gearnat: another gearnat is running; waiting for its lock on {}",
@@ -69,7 +157,7 @@ fn listening() -> Result<BTreeSet<(Proto, u16)>, Error> {
 }
 
 /// Resolves `d` against the saved reservations.
-fn resolve_with(
+pub(crate) fn resolve_with(
     d: &Deployment,
     file: &Path,
     reservations: &Reservations,
@@ -87,7 +175,7 @@ fn resolve_with(
     })
 }
 
-fn plan_config(net: &Network) -> plan::NetworkConfig {
+pub(crate) fn plan_config(net: &Network) -> plan::NetworkConfig {
     plan::NetworkConfig {
         bridge: net.bridge.clone(),
         pool: net.pool,
@@ -101,16 +189,18 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let state = lock(state_dir)?;
     let (resolved, reservations) =
         resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)?;
-    let desired = plan::desired(&resolved, &plan_config(&net));
-    let record = state
-        .record(&d.name)?
-        .unwrap_or_else(|| new_record(&d, args));
+    let mut desired = plan::desired(&resolved, &plan_config(&net));
+    let saved = state.record(&d.name)?;
+    let rt = pick_runtime(args.runtime, saved.as_ref())?;
+    attach_containers(&rt, &d, &resolved, &mut desired)?;
+    let record = saved.unwrap_or_else(|| new_record(&d, args, &rt));
     let host = Netns::current()?;
-    let plan = reconcile::plan_apply(&host, &net, &desired, &record)?;
-    report_coexistence(&net);
+    let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record)?;
 
     if plan.is_empty() {
         print_plan(args.output.output, &plan, &net, &resolved);
+        firewall_pass(&net, args.output.output)?;
+        report_coexistence(&net);
         save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
         return Ok(Status::Done);
     }
@@ -120,9 +210,11 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     state.save_record(&record)?;
     let started = Instant::now();
     let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
-    reconcile::execute(&host, &net, &plan, &mut record, persist)?;
+    reconcile::execute(&host, &net, &rt, &plan, &mut record, persist)?;
     let applied = started.elapsed();
-    read_back(&host, &net, &desired, &record)?;
+    read_back(&host, &net, &rt, &desired, &record)?;
+    firewall_pass(&net, args.output.output)?;
+    report_coexistence(&net);
     save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
     if args.output.output == Output::Text {
         println!("applied in {} ms; read back: in sync", applied.as_millis());
@@ -131,18 +223,45 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     Ok(Status::Done)
 }
 
-/// Other netfilter users that will affect gearnat's traffic, one warning each on stderr.
+/// Other netfilter users that will affect gearnat's traffic, one warning each on stderr. What
+/// gearnat itself let through (Docker's FORWARD policy through DOCKER-USER, firewalld's trusted
+/// zone) is not reported.
 fn report_coexistence(net: &Network) {
+    let passes = firewall::passes(&net.bridge);
     for finding in crate::coexist::findings(net.pool, &net.bridge) {
-        eprintln!("gearnat: warning: {finding}");
+        let handled = (passes.iptables_forward
+            && finding.starts_with("table ip filter chain FORWARD "))
+            || (passes.firewalld && finding.starts_with("firewalld is running"));
+        if !handled {
+            eprintln!("gearnat: warning: {finding}");
+        }
     }
 }
 
-fn new_record(d: &Deployment, args: &DeployArgs) -> DeploymentRecord {
+/// Lets the bridge's forwarded traffic through the host's other firewalls, saying what it did.
+pub(crate) fn firewall_pass(net: &Network, output: Output) -> Result<(), Error> {
+    for line in firewall::ensure(&net.bridge)? {
+        match output {
+            Output::Text => println!("{line}"),
+            Output::Json => log::warn!("{line}"),
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`firewall_pass`] once no deployment is left on the bridge.
+fn firewall_undo(net: &Network) -> Result<(), Error> {
+    for line in firewall::remove(&net.bridge)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn new_record(d: &Deployment, args: &DeployArgs, rt: &Runtime) -> DeploymentRecord {
     DeploymentRecord {
         name: d.name.clone(),
         source: std::fs::canonicalize(&args.file).ok(),
-        runtime: "netns".into(),
+        runtime: rt.name().into(),
         ..DeploymentRecord::default()
     }
 }
@@ -151,10 +270,11 @@ fn new_record(d: &Deployment, args: &DeployArgs) -> DeploymentRecord {
 fn read_back(
     host: &Netns,
     net: &Network,
+    rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
 ) -> Result<(), Error> {
-    let left = reconcile::plan_apply(host, net, desired, &record_for(desired, record))?;
+    let left = reconcile::plan_apply(host, net, rt, desired, &record_for(desired, record))?;
     if left.is_empty() {
         Ok(())
     } else {
@@ -163,7 +283,7 @@ fn read_back(
 }
 
 /// The record as it stands once `desired` is in place: only its instances remain.
-fn record_for(desired: &Desired, record: &DeploymentRecord) -> DeploymentRecord {
+pub(crate) fn record_for(desired: &Desired, record: &DeploymentRecord) -> DeploymentRecord {
     let instances: Vec<String> = desired.instances.iter().map(|i| i.id.clone()).collect();
     let created_netns = record
         .created_netns
@@ -220,11 +340,12 @@ pub fn diff(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let net = network(&args.network);
     let state = StateDir::read_only(state_dir);
     let (resolved, _) = resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)?;
-    let desired = plan::desired(&resolved, &plan_config(&net));
-    let record = state
-        .record(&d.name)?
-        .unwrap_or_else(|| new_record(&d, args));
-    let plan = reconcile::plan_apply(&Netns::current()?, &net, &desired, &record)?;
+    let mut desired = plan::desired(&resolved, &plan_config(&net));
+    let saved = state.record(&d.name)?;
+    let rt = pick_runtime(args.runtime, saved.as_ref())?;
+    attach_containers(&rt, &d, &resolved, &mut desired)?;
+    let record = saved.unwrap_or_else(|| new_record(&d, args, &rt));
+    let plan = reconcile::plan_apply(&Netns::current()?, &net, &rt, &desired, &record)?;
     print_plan(args.output.output, &plan, &net, &resolved);
     Ok(if plan.is_empty() {
         Status::Done
@@ -257,8 +378,13 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         .filter(|n| *n != name)
         .count();
     let host = Netns::current()?;
-    let observed = reconcile::observe(&host, &net, None, &record.instances)?;
-    let created: BTreeSet<String> = record.created_netns.iter().cloned().collect();
+    let rt = runtime_named(&record.runtime)?;
+    let observed = reconcile::observe(&host, &net, &rt, None, &record.instances)?;
+    let created: BTreeSet<String> = if args.keep_containers && rt.docker().is_some() {
+        BTreeSet::new()
+    } else {
+        record.created_netns.iter().cloned().collect()
+    };
     let plan = plan::teardown(
         &name,
         &observed,
@@ -272,8 +398,9 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
     for line in report::plan_lines(&plan, &net.bridge) {
         println!("{line}");
     }
-    reconcile::execute(&host, &net, &plan, &mut record, |_| Ok(()))?;
+    reconcile::execute(&host, &net, &rt, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
+        firewall_undo(&net)?;
         crate::runtime::remove_bridge(&host, &net)?;
     }
     let mut reservations = state.reservations()?;
@@ -342,10 +469,27 @@ pub fn status(
             continue;
         };
         let file = state.resolved_path(&name);
+        // A record without its resolved file: the first apply failed before the end.
+        if !file.exists() {
+            match args.output {
+                Output::Text => println!(
+                    "{name}: apply did not finish (run gearnat apply again, or gearnat down)"
+                ),
+                Output::Json => all.push(json!({
+                    "deployment": name,
+                    "source": record.source,
+                    "in_sync": false,
+                    "unfinished": true,
+                })),
+            }
+            continue;
+        }
         let d = deployment::load(&file, Some(&name))?;
         let (resolved, _) = resolve_with(&d, &file, &reservations, &BTreeSet::new(), &net)?;
-        let desired = plan::desired(&resolved, &plan_config(&net));
-        let plan = reconcile::plan_apply(&host, &net, &desired, &record)?;
+        let mut desired = plan::desired(&resolved, &plan_config(&net));
+        let rt = runtime_named(&record.runtime)?;
+        attach_containers(&rt, &d, &resolved, &mut desired)?;
+        let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record)?;
         let paths = report::paths(&resolved, &installed);
         match args.output {
             Output::Text => {

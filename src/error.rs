@@ -34,6 +34,15 @@ pub enum Error {
     NotPermitted { command: &'static str },
     #[error("no deployment named {name} is applied (see `gearnat status`)")]
     NotDeployed { name: String },
+    #[error(
+        "deployment {name} runs on the {runtime} runtime; `gearnat down` it before applying it \
+         with another"
+    )]
+    RuntimeChanged { name: String, runtime: String },
+    #[error("{0}")]
+    Firewall(#[from] crate::firewall::Error),
+    #[error("blocking SIGTERM and SIGINT for watch: {}", .0.desc())]
+    Signals(nix::errno::Errno),
     #[error("{path}: {message}")]
     Usage { path: PathBuf, message: String },
     #[error("after applying, the kernel does not hold what was planned:\n{}", .0.join("\n"))]

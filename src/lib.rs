@@ -5,7 +5,9 @@ pub mod cli;
 pub mod coexist;
 pub mod commands;
 pub mod deployment;
+pub mod docker;
 mod error;
+pub mod firewall;
 pub mod geard;
 pub mod link;
 pub mod model;
@@ -18,5 +20,6 @@ pub mod resolve;
 pub mod ruleset;
 pub mod runtime;
 pub mod state;
+pub mod watch;
 
 pub use error::Error;

@@ -24,6 +24,7 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -84,6 +85,11 @@ pub enum Error {
     InvalidIfname { name: String, reason: &'static str },
     #[error("looking up link {name}: {source}")]
     GetLink { name: String, source: NetlinkError },
+    #[error("forgetting the neighbour entry of {address}: {source}")]
+    Neighbour {
+        address: Ipv4Addr,
+        source: NetlinkError,
+    },
     #[error("{name} is a {actual} link, not a {wanted}")]
     WrongKind {
         name: String,
@@ -178,7 +184,7 @@ pub fn host_ifname(instance_id: &str) -> String {
 }
 
 /// FNV-1a, 64 bits (Fowler, Noll, Vo; the parameters of draft-eastlake-fnv).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, b| {
@@ -274,6 +280,45 @@ pub fn delete_link(name: &str) -> Result<bool, Error> {
                 source,
             }),
         }
+    })
+}
+
+/// Drops the neighbour (ARP) entries for `address` in the calling thread's namespace. Returns
+/// whether there were any.
+///
+/// An instance whose namespace was replaced (a restarted or recreated container) has a new
+/// MAC address behind its old IP address. The host's cached entry would send it frames to the
+/// old MAC until the entry goes stale and is re-probed (up to a minute with the defaults of
+/// `base_reachable_time`, `delay_first_probe_time`, Documentation/networking/ip-sysctl.rst),
+/// and an instance that only listens never sends the ARP that would correct it.
+pub fn forget_neighbour(address: Ipv4Addr) -> Result<bool, Error> {
+    netlink(|h| async move {
+        let err = |source| Error::Neighbour { address, source };
+        let mut all = h.neighbours().get().execute();
+        let mut found = Vec::new();
+        while let Some(n) = all.try_next().await.map_err(|e| err(e.into()))? {
+            let ours = n.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if *ip == address)
+            });
+            if ours {
+                found.push(n);
+            }
+        }
+        let any = !found.is_empty();
+        for n in found {
+            match h
+                .neighbours()
+                .del(n)
+                .execute()
+                .await
+                .map_err(NetlinkError::from)
+            {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(Errno::ENOENT) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(any)
     })
 }
 

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Down(args) => commands::down(&cli.state_dir, args),
         Command::Status(args) => commands::status(&cli.state_dir, &args.output, &args.network),
         Command::Compile(args) => commands::compile(&cli.state_dir, args),
+        Command::Watch(args) => gearnat::watch::watch(&cli.state_dir, args),
     };
     match result {
         Ok(status) => status.into(),

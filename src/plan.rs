@@ -54,6 +54,29 @@ pub struct InstanceDesired {
     /// Link elements; empty: the instance needs no table.
     pub links: Vec<Element>,
     pub sysctls: Vec<Sysctl>,
+    /// The container to run it in (docker runtime); None: the instance is a bare namespace.
+    pub container: Option<ContainerSpec>,
+}
+
+/// What gearnat runs an instance's container from (docker runtime).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// `NAME=VALUE`, in file order.
+    pub env: Vec<String>,
+}
+
+impl ContainerSpec {
+    /// A label value that changes when image or environment change: 16 hex digits of a
+    /// 64-bit FNV-1a hash, stable across runs and versions.
+    pub fn hash(&self) -> String {
+        let mut text = self.image.clone();
+        for e in &self.env {
+            text.push('\0');
+            text.push_str(e);
+        }
+        format!("{:016x}", crate::link::fnv1a64(text.as_bytes()))
+    }
 }
 
 /// Everything a deployment needs in the kernel.
@@ -115,6 +138,7 @@ pub fn desired(resolved: &Resolved, net: &NetworkConfig) -> Desired {
             address: inst.address,
             links,
             sysctls,
+            container: None,
         });
     }
     Desired {
@@ -150,6 +174,43 @@ pub struct ObservedInstance {
     pub wired: bool,
     pub table: Option<ActualTable>,
     pub sysctls: BTreeMap<String, String>,
+    /// The instance's container (docker runtime), if there is one.
+    pub container: Option<ObservedContainer>,
+}
+
+/// A container as the docker runtime found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub image: Option<String>,
+    /// Its `gearnat.spec` label (see [`ContainerSpec::hash`]).
+    pub spec_hash: Option<String>,
+    pub running: bool,
+}
+
+impl ObservedInstance {
+    /// Whether there is anything of the instance left to remove.
+    fn present(&self) -> bool {
+        self.netns_exists || self.container.is_some()
+    }
+}
+
+/// What happens to an instance's container (docker runtime). A new container has a new
+/// network namespace, which is then wired and filled from nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ContainerAction {
+    Create {
+        spec: ContainerSpec,
+    },
+    /// Removed and created again from the new spec.
+    Recreate {
+        spec: ContainerSpec,
+        reason: String,
+    },
+    /// Exists, stopped: started again.
+    Start,
+    /// Stopped and removed (the instance left the deployment, or `down`).
+    Remove,
 }
 
 /// The changes in one namespace, applied as one atomic batch plus its link-layer steps.
@@ -222,12 +283,16 @@ pub struct Plan {
     pub host: NsPlan,
     pub wiring: BTreeMap<String, Wiring>,
     pub instances: BTreeMap<String, NsPlan>,
+    pub containers: BTreeMap<String, ContainerAction>,
+    /// The instances are containers (docker runtime), not bare namespaces.
+    pub docker: bool,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
         !self.create_bridge
             && self.wiring.is_empty()
+            && self.containers.is_empty()
             && ns_plan_is_empty(&self.host)
             && self.instances.values().all(ns_plan_is_empty)
     }
@@ -258,11 +323,16 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
             sysctl_changes(&desired.host_sysctls, &observed.host_sysctls),
             observed.host_table.as_ref(),
         ),
+        docker: desired.instances.iter().any(|i| i.container.is_some()),
         ..Plan::default()
     };
     let empty = ObservedInstance::default();
     for inst in &desired.instances {
-        let seen = observed.instances.get(&inst.id).unwrap_or(&empty);
+        let mut seen = observed.instances.get(&inst.id).unwrap_or(&empty);
+        if let Some(action) = container_action(inst, seen) {
+            plan.containers.insert(inst.id.clone(), action);
+            seen = &empty;
+        }
         if !seen.netns_exists || !seen.wired {
             let join = Wiring::Join {
                 create_netns: !seen.netns_exists,
@@ -296,6 +366,36 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
         .filter(|id| !wanted.contains(id.as_str()));
     remove_instances(&mut plan, gone, observed, record);
     plan
+}
+
+/// What must happen to a desired instance's container, if anything.
+fn container_action(inst: &InstanceDesired, seen: &ObservedInstance) -> Option<ContainerAction> {
+    let spec = inst.container.as_ref()?;
+    let Some(c) = &seen.container else {
+        return Some(ContainerAction::Create { spec: spec.clone() });
+    };
+    if c.spec_hash.as_deref() != Some(spec.hash().as_str()) {
+        let reason = if c.image.as_deref() != Some(spec.image.as_str()) {
+            "image changed"
+        } else {
+            "environment changed"
+        };
+        return Some(ContainerAction::Recreate {
+            spec: spec.clone(),
+            reason: reason.into(),
+        });
+    }
+    (!c.running).then_some(ContainerAction::Start)
+}
+
+/// Unwires an instance that goes; its container goes with it when gearnat made it.
+fn remove_instance(plan: &mut Plan, id: &str, seen: &ObservedInstance, delete_netns: bool) {
+    plan.wiring
+        .insert(id.to_string(), Wiring::Remove { delete_netns });
+    if seen.container.is_some() && delete_netns {
+        plan.containers
+            .insert(id.to_string(), ContainerAction::Remove);
+    }
 }
 
 /// The change to a table that several owners may share: only `deployment`'s elements move. A
@@ -368,6 +468,7 @@ fn sysctl_changes(want: &[Sysctl], seen: &BTreeMap<String, String>) -> Vec<Sysct
 pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bool) -> Plan {
     let mut plan = Plan {
         deployment: deployment.to_string(),
+        docker: observed.instances.values().any(|i| i.container.is_some()),
         ..Plan::default()
     };
     if let Some(table) = &observed.host_table {
@@ -402,12 +503,11 @@ fn remove_instances<'a>(
     record: &Record,
 ) {
     for id in ids {
-        let Some(seen) = observed.instances.get(id).filter(|s| s.netns_exists) else {
+        let Some(seen) = observed.instances.get(id).filter(|s| s.present()) else {
             continue;
         };
         let delete_netns = record.created_netns.contains(id);
-        plan.wiring
-            .insert(id.clone(), Wiring::Remove { delete_netns });
+        remove_instance(plan, id, seen, delete_netns);
         if seen.table.is_some() && !delete_netns {
             let table = TableChange {
                 delete_table: true,
@@ -502,6 +602,7 @@ mod tests {
                         wired: true,
                         table: t,
                         sysctls: sysctls(&i.sysctls),
+                        container: None,
                     };
                     (i.id.clone(), seen)
                 })
@@ -764,5 +865,103 @@ mod tests {
         assert_eq!(plan.wiring.len(), 2);
         let plan = teardown("seed", &seen, &record, true);
         assert!(plan.host.table.delete_table);
+    }
+
+    /// `desired` for the docker runtime, and the kernel and Docker as right after applying it.
+    fn docker_applied() -> (Desired, Observed) {
+        let mut d = desired(&resolved(), &net());
+        for (n, i) in d.instances.iter_mut().enumerate() {
+            i.container = Some(ContainerSpec {
+                image: format!("img{n}:1"),
+                env: vec!["A=1".into()],
+            });
+        }
+        let mut seen = applied(&d);
+        for i in &d.instances {
+            let spec = i.container.as_ref().unwrap();
+            seen.instances.get_mut(&i.id).unwrap().container = Some(ObservedContainer {
+                image: Some(spec.image.clone()),
+                spec_hash: Some(spec.hash()),
+                running: true,
+            });
+        }
+        (d, seen)
+    }
+
+    #[test]
+    fn containers_change_only_where_their_spec_or_state_changed() {
+        let (mut d, mut seen) = docker_applied();
+        let (instances, created) = no_record();
+        let record = Record {
+            instances: &instances,
+            created_netns: &created,
+        };
+        assert!(diff(&d, &seen, &record).is_empty());
+
+        d.instances[0].container.as_mut().unwrap().image = "img0:2".into();
+        d.instances[1].container.as_mut().unwrap().env = vec!["A=2".into()];
+        let plan = diff(&d, &seen, &record);
+        assert_eq!(plan.containers.len(), 2);
+        assert!(matches!(
+            &plan.containers["rockmongo-1"],
+            ContainerAction::Recreate { reason, .. } if reason == "image changed"
+        ));
+        assert!(matches!(
+            &plan.containers["mongodb-1"],
+            ContainerAction::Recreate { reason, .. } if reason == "environment changed"
+        ));
+        // A new container has a new namespace: wired and filled from nothing.
+        assert!(matches!(plan.wiring["rockmongo-1"], Wiring::Join { .. }));
+        assert!(plan.instances["rockmongo-1"].table.create.is_some());
+
+        let (d, _) = docker_applied();
+        seen.instances.get_mut("mongodb-1").unwrap().container = Some(ObservedContainer {
+            running: false,
+            ..seen.instances["mongodb-1"].container.clone().unwrap()
+        });
+        seen.instances.remove("rockmongo-1");
+        let plan = diff(&d, &seen, &record);
+        assert_eq!(plan.containers["mongodb-1"], ContainerAction::Start);
+        assert!(matches!(
+            plan.containers["rockmongo-1"],
+            ContainerAction::Create { .. }
+        ));
+    }
+
+    #[test]
+    fn stopped_containers_of_dropped_instances_are_removed() {
+        let (d, mut seen) = docker_applied();
+        seen.instances.insert(
+            "mongodb-2".into(),
+            ObservedInstance {
+                container: Some(ObservedContainer::default()),
+                ..Default::default()
+            },
+        );
+        let instances = vec!["mongodb-2".to_string()];
+        let created = BTreeSet::from(["mongodb-2".to_string()]);
+        let record = Record {
+            instances: &instances,
+            created_netns: &created,
+        };
+        let plan = diff(&d, &seen, &record);
+        assert_eq!(plan.containers["mongodb-2"], ContainerAction::Remove);
+        let kept = BTreeSet::new();
+        let plan = teardown(
+            "seed",
+            &seen,
+            &Record {
+                instances: &instances,
+                created_netns: &kept,
+            },
+            false,
+        );
+        assert!(plan.containers.is_empty(), "--keep-containers keeps them");
+        assert_eq!(
+            plan.wiring["mongodb-2"],
+            Wiring::Remove {
+                delete_netns: false
+            }
+        );
     }
 }

@@ -8,20 +8,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::netfilter;
 use crate::netns::{self, Netns};
 use crate::plan::{
-    self, Desired, NsPlan, Observed, ObservedInstance, Plan, Record, Sysctl, Wiring,
+    self, ContainerAction, Desired, NsPlan, Observed, ObservedInstance, Plan, Record, Sysctl,
+    Wiring,
 };
-use crate::report;
 use crate::ruleset::{ActualTable, Element};
-use crate::runtime::{self, Network};
+use crate::runtime::{self, Network, Runtime};
 use crate::state::DeploymentRecord;
-use crate::{link, Error};
+use crate::{link, report, Error};
 
 /// What an instance namespace holds, read from inside it.
 fn observe_inside(
+    id: &str,
     ns: &Netns,
     sysctls: Vec<Sysctl>,
 ) -> Result<(Option<ActualTable>, BTreeMap<String, String>), Error> {
-    let id = ns.name().to_string();
+    let id = id.to_string();
     netns::run_in(ns, move || -> Result<_, Error> {
         let table = netfilter::dump().map_err(|e| Error::Netfilter {
             ns: id.clone(),
@@ -48,6 +49,7 @@ fn read_sysctls(want: &[Sysctl]) -> BTreeMap<String, String> {
 pub fn observe(
     host: &Netns,
     net: &Network,
+    rt: &Runtime,
     desired: Option<&Desired>,
     record: &[String],
 ) -> Result<Observed, Error> {
@@ -81,14 +83,17 @@ pub fn observe(
         if observed.instances.contains_key(&id) {
             continue;
         }
-        let mut seen = ObservedInstance::default();
-        if netns::exists_named(&id) {
-            let ns = Netns::open_named(&id)?;
+        let found = rt.find(&id)?;
+        let mut seen = ObservedInstance {
+            container: found.container,
+            ..ObservedInstance::default()
+        };
+        if let Some(ns) = found.netns {
             seen.netns_exists = true;
             let sysctls = want.map(|w| w.sysctls.clone()).unwrap_or_default();
-            (seen.table, seen.sysctls) = observe_inside(&ns, sysctls)?;
+            (seen.table, seen.sysctls) = observe_inside(&id, &ns, sysctls)?;
             if let Some(w) = want {
-                seen.wired = runtime::instance_in_place(host, net, &id, w.address)?;
+                seen.wired = rt.instance_in_place(host, net, &id, w.address, &ns)?;
             }
         }
         observed.instances.insert(id, seen);
@@ -102,6 +107,7 @@ pub fn observe(
 pub fn execute(
     host: &Netns,
     net: &Network,
+    rt: &Runtime,
     plan: &Plan,
     record: &mut DeploymentRecord,
     persist: impl Fn(&DeploymentRecord) -> Result<(), Error>,
@@ -109,10 +115,11 @@ pub fn execute(
     if plan.create_bridge {
         runtime::ensure_bridge(host, net)?;
     }
-    let joined = join_instances(host, net, plan, record);
+    let joined =
+        run_containers(rt, plan, record).and_then(|()| join_instances(host, net, rt, plan, record));
     persist(record)?;
     joined?;
-    commit_namespace(None, &plan.host)?;
+    commit_namespace(rt, None, &plan.host)?;
     for (id, ns_plan) in &plan.instances {
         if matches!(
             plan.wiring.get(id),
@@ -120,20 +127,37 @@ pub fn execute(
         ) {
             continue;
         }
-        commit_namespace(Some(id), ns_plan)?;
+        commit_namespace(rt, Some(id), ns_plan)?;
     }
-    remove_instances(host, net, plan, record)
+    remove_instances(host, net, rt, plan, record)
+}
+
+/// Creates, recreates and starts the plan's containers (docker runtime), recording each
+/// one gearnat made. Removals happen with their instance's unwiring.
+fn run_containers(rt: &Runtime, plan: &Plan, record: &mut DeploymentRecord) -> Result<(), Error> {
+    for (id, action) in &plan.containers {
+        if matches!(action, ContainerAction::Remove) {
+            continue;
+        }
+        rt.container(&plan.deployment, id, action)?;
+        if !record.created_netns.contains(id) {
+            record.created_netns.push(id.clone());
+        }
+        log::info!("{}", report::container_line(id, action));
+    }
+    Ok(())
 }
 
 fn join_instances(
     host: &Netns,
     net: &Network,
+    rt: &Runtime,
     plan: &Plan,
     record: &mut DeploymentRecord,
 ) -> Result<(), Error> {
     for (id, w) in &plan.wiring {
         if let Wiring::Join { address, .. } = w {
-            let wired = runtime::ensure_instance(host, net, id, *address)?;
+            let wired = rt.ensure_instance(host, net, id, *address)?;
             if wired.created_netns && !record.created_netns.contains(id) {
                 record.created_netns.push(id.clone());
             }
@@ -146,27 +170,34 @@ fn join_instances(
 fn remove_instances(
     host: &Netns,
     net: &Network,
+    rt: &Runtime,
     plan: &Plan,
     record: &mut DeploymentRecord,
 ) -> Result<(), Error> {
-    for (id, w) in &plan.wiring {
-        if let Wiring::Remove { delete_netns } = w {
-            runtime::remove_instance(host, net, id, *delete_netns)?;
-            if *delete_netns {
-                record.created_netns.retain(|n| n != id);
-            }
-            log::info!("removed {id} from {}", net.bridge);
+    let gone: Vec<(&str, bool)> = plan
+        .wiring
+        .iter()
+        .filter_map(|(id, w)| match w {
+            Wiring::Remove { delete_netns } => Some((id.as_str(), *delete_netns)),
+            Wiring::Join { .. } => None,
+        })
+        .collect();
+    rt.remove_instances(host, net, &gone)?;
+    for (id, deleted) in gone {
+        if deleted {
+            record.created_netns.retain(|n| n != id);
         }
+        log::info!("removed {id} from {}", net.bridge);
     }
     Ok(())
 }
 
 /// One namespace's table change, as one atomic batch, then its sysctls.
-fn commit_namespace(instance: Option<&String>, p: &NsPlan) -> Result<(), Error> {
+fn commit_namespace(rt: &Runtime, instance: Option<&String>, p: &NsPlan) -> Result<(), Error> {
     let Some(id) = instance else {
         return commit_here("host", p);
     };
-    let ns = Netns::open_named(id)?;
+    let ns = rt.netns(id)?;
     let (id, p) = (id.clone(), p.clone());
     netns::run_in(&ns, move || commit_here(&id, &p))?
 }
@@ -221,10 +252,11 @@ pub fn intent(mut record: DeploymentRecord, desired: Option<&Desired>) -> Deploy
 pub fn plan_apply(
     host: &Netns,
     net: &Network,
+    rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
 ) -> Result<Plan, Error> {
-    let observed = observe(host, net, Some(desired), &record.instances)?;
+    let observed = observe(host, net, rt, Some(desired), &record.instances)?;
     let created: BTreeSet<String> = record.created_netns.iter().cloned().collect();
     Ok(plan::diff(
         desired,

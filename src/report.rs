@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
-use crate::plan::{NsPlan, Plan, Wiring};
+use crate::plan::{ContainerAction, NsPlan, Plan, Wiring};
 use crate::resolve::Resolved;
 use crate::ruleset::Element;
 
@@ -15,8 +15,18 @@ pub fn plan_lines(plan: &Plan, bridge: &str) -> Vec<String> {
     if plan.create_bridge {
         out.push(format!("+ bridge {bridge}"));
     }
+    for (id, action) in &plan.containers {
+        out.push(container_line(id, action));
+    }
     for (id, w) in &plan.wiring {
         match w {
+            Wiring::Join { address, .. } if plan.docker => {
+                out.push(format!("+ wiring of container {id} {address} on {bridge}"));
+            }
+            Wiring::Remove { .. } if plan.containers.contains_key(id) => {}
+            Wiring::Remove { .. } if plan.docker => {
+                out.push(format!("- wiring of container {id}"));
+            }
             Wiring::Join {
                 create_netns,
                 address,
@@ -43,6 +53,18 @@ pub fn plan_lines(plan: &Plan, bridge: &str) -> Vec<String> {
         ns_lines(&mut out, id, ns);
     }
     out
+}
+
+/// `+ container web-1 image X`, `~ container web-1 (image changed)`, `- container web-2`.
+pub fn container_line(id: &str, action: &ContainerAction) -> String {
+    match action {
+        ContainerAction::Create { spec } => format!("+ container {id} image {}", spec.image),
+        ContainerAction::Recreate { spec, reason } => {
+            format!("~ container {id} ({reason}) image {}", spec.image)
+        }
+        ContainerAction::Start => format!("~ container {id} (stopped) start"),
+        ContainerAction::Remove => format!("- container {id}"),
+    }
 }
 
 fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
@@ -108,6 +130,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "in_sync": plan.is_empty(),
         "create_bridge": plan.create_bridge,
         "wiring": plan.wiring,
+        "containers": plan.containers,
         "host": ns(&plan.host),
         "instances": plan.instances.iter().map(|(id, p)| (id.clone(), ns(p))).collect::<serde_json::Map<_, _>>(),
     })
@@ -220,4 +243,52 @@ pub fn paths(resolved: &Resolved, installed: &std::collections::BTreeSet<Element
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::ContainerSpec;
+
+    #[test]
+    fn container_actions_read_as_plan_lines() {
+        let spec = ContainerSpec {
+            image: "web:2".into(),
+            env: vec![],
+        };
+        let mut plan = Plan {
+            docker: true,
+            ..Plan::default()
+        };
+        plan.containers.insert(
+            "web-1".into(),
+            ContainerAction::Recreate {
+                spec: spec.clone(),
+                reason: "image changed".into(),
+            },
+        );
+        plan.containers
+            .insert("web-2".into(), ContainerAction::Remove);
+        plan.containers
+            .insert("web-3".into(), ContainerAction::Create { spec });
+        plan.wiring.insert(
+            "web-1".into(),
+            Wiring::Join {
+                create_netns: true,
+                address: "10.211.0.2".parse().unwrap(),
+            },
+        );
+        plan.wiring
+            .insert("web-2".into(), Wiring::Remove { delete_netns: true });
+        assert_eq!(
+            plan_lines(&plan, "gearnat0"),
+            [
+                "~ container web-1 (image changed) image web:2",
+                "- container web-2",
+                "+ container web-3 image web:2",
+                "+ wiring of container web-1 10.211.0.2 on gearnat0",
+            ]
+        );
+        assert_eq!(plan_json(&plan)["containers"]["web-2"]["action"], "remove");
+    }
 }

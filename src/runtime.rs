@@ -1,5 +1,10 @@
-//! The netns runtime's primitives: each instance gets its own named network namespace,
-//! `/run/netns/<instance id>`, joined to a bridge in the host namespace by a veth pair.
+//! The runtimes instances live in, and the network path they share.
+//!
+//! `netns`: each instance is its own named network namespace, `/run/netns/<instance id>`.
+//! `docker`: each instance is a Docker container named by its id, created without Docker's
+//! networking (see `crate::docker`). Either way the instance's namespace is joined to a bridge
+//! in the host namespace by a veth pair, with the same tables and sysctls: [`Runtime`] only
+//! answers where an instance's namespace is, and makes or removes what holds it.
 //!
 //! The bridge holds the pool's first host address (the instances' gateway); an instance's veth
 //! is `gn<hash of its id>` on the host side and `eth0` inside. The apply path calls these; each
@@ -7,8 +12,10 @@
 
 use std::net::Ipv4Addr;
 
+use crate::docker::{self, Docker};
 use crate::link;
 use crate::netns::{self, Netns};
+use crate::plan::{ContainerAction, ObservedContainer};
 use crate::ruleset::Ipv4Net;
 
 /// The instance's end of its veth pair.
@@ -61,6 +68,161 @@ pub struct Wired {
     pub netns: Netns,
 }
 
+/// Where instances live.
+#[derive(Debug)]
+pub enum Runtime {
+    Netns,
+    Docker(Docker),
+}
+
+/// An instance as its runtime holds it: its namespace (when it has one now) and, for the
+/// docker runtime, its container.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub netns: Option<Netns>,
+    pub container: Option<ObservedContainer>,
+}
+
+impl Runtime {
+    /// The name recorded in the deployment record and shown to the user.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runtime::Netns => "netns",
+            Runtime::Docker(_) => "docker",
+        }
+    }
+
+    pub fn docker(&self) -> Option<&Docker> {
+        match self {
+            Runtime::Netns => None,
+            Runtime::Docker(d) => Some(d),
+        }
+    }
+
+    /// Where instance `id` is now. Read only.
+    pub fn find(&self, id: &str) -> Result<Found, Error> {
+        match self {
+            Runtime::Netns if netns::exists_named(id) => Ok(Found {
+                netns: Some(open_named(id)?),
+                container: None,
+            }),
+            Runtime::Netns => Ok(Found::default()),
+            Runtime::Docker(d) => {
+                let Some(seen) = d.inspect(id)? else {
+                    return Ok(Found::default());
+                };
+                Ok(Found {
+                    netns: seen.netns,
+                    container: Some(ObservedContainer {
+                        image: seen.image,
+                        spec_hash: seen.spec_hash,
+                        running: seen.running,
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Instance `id`'s namespace; an error when it has none now.
+    pub fn netns(&self, id: &str) -> Result<Netns, Error> {
+        self.find(id)?.netns.ok_or_else(|| Error::NoNamespace {
+            id: id.to_string(),
+            runtime: self.name(),
+        })
+    }
+
+    /// Carries out a container action (docker runtime; the netns runtime has none).
+    pub fn container(
+        &self,
+        deployment: &str,
+        id: &str,
+        action: &ContainerAction,
+    ) -> Result<(), Error> {
+        let Runtime::Docker(d) = self else {
+            return Ok(());
+        };
+        match action {
+            ContainerAction::Create { spec } => d.create_and_start(deployment, id, spec)?,
+            ContainerAction::Recreate { spec, reason } => {
+                log::info!("recreating container {id} ({reason})");
+                d.remove(id)?;
+                d.create_and_start(deployment, id, spec)?;
+            }
+            ContainerAction::Start => d.start(id)?,
+            ContainerAction::Remove => {
+                d.remove(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ensures instance `id` exists (netns: its namespace is created if missing; docker: its
+    /// container must be running) and is wired to the bridge in `host` with `address`.
+    pub fn ensure_instance(
+        &self,
+        host: &Netns,
+        net: &Network,
+        id: &str,
+        address: Ipv4Addr,
+    ) -> Result<Wired, Error> {
+        match self {
+            Runtime::Netns => ensure_instance(host, net, id, address),
+            Runtime::Docker(_) => {
+                check_address(net, id, address)?;
+                let netns = self.netns(id)?;
+                let changed = wire(host, net, id, address, &netns)?;
+                Ok(Wired {
+                    created_netns: false,
+                    changed,
+                    netns,
+                })
+            }
+        }
+    }
+
+    /// Is instance `id`, whose namespace is `ns`, wired as [`Runtime::ensure_instance`] leaves
+    /// it? Only reads.
+    pub fn instance_in_place(
+        &self,
+        host: &Netns,
+        net: &Network,
+        id: &str,
+        address: Ipv4Addr,
+        ns: &Netns,
+    ) -> Result<bool, Error> {
+        check_address(net, id, address)?;
+        wired_in_place(host, net, id, address, ns)
+    }
+
+    /// Unwires the instances that go; for those marked `true`, also removes what holds them
+    /// (netns: the namespace; docker: the container, all stopping side by side).
+    pub fn remove_instances(
+        &self,
+        host: &Netns,
+        net: &Network,
+        gone: &[(&str, bool)],
+    ) -> Result<(), Error> {
+        let docker = self.docker();
+        for (id, delete) in gone {
+            remove_instance(host, net, id, *delete && docker.is_none())?;
+        }
+        if let Some(d) = docker {
+            let ids: Vec<&str> = gone.iter().filter(|g| g.1).map(|g| g.0).collect();
+            for id in d.remove_many(&ids)? {
+                log::info!("removed container {id}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_named(id: &str) -> Result<Netns, Error> {
+    Netns::open_named(id).map_err(|source| Error::OpenNetns {
+        id: id.to_string(),
+        source,
+    })
+}
+
 /// A failing step of the netns runtime, with the instance or bridge it failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,6 +250,10 @@ pub enum Error {
     },
     #[error("unwiring instance {id}: {source}")]
     Unwire { id: String, source: link::Error },
+    #[error("instance {id} has no network namespace now ({runtime} runtime: not running?)")]
+    NoNamespace { id: String, runtime: &'static str },
+    #[error(transparent)]
+    Docker(#[from] docker::Error),
 }
 
 /// Ensures bridge `net.bridge` exists in `host`, up, with the gateway address.
@@ -143,26 +309,7 @@ pub fn ensure_instance(
         })?;
         (ns, true)
     };
-    let host_if = link::host_ifname(id);
-    let inner = Ipv4Net {
-        addr: address,
-        prefix: net.pool.prefix,
-    };
-    let wired = in_host(host, || {
-        link::ensure_veth(
-            &host_if,
-            &net.bridge,
-            &netns,
-            INNER_IF,
-            inner,
-            net.gateway(),
-        )
-    })?
-    .map_err(|source| Error::Wire {
-        id: id.to_string(),
-        bridge: net.bridge.clone(),
-        source,
-    })?;
+    let wired = wire(host, net, id, address, &netns)?;
     Ok(Wired {
         created_netns,
         changed: created_netns || wired,
@@ -182,24 +329,53 @@ pub fn instance_in_place(
     if !netns::exists_named(id) {
         return Ok(false);
     }
-    let netns = Netns::open_named(id).map_err(|source| Error::OpenNetns {
+    wired_in_place(host, net, id, address, &open_named(id)?)
+}
+
+/// Joins `netns` to the bridge in `host` by instance `id`'s veth pair, with `address`.
+fn wire(
+    host: &Netns,
+    net: &Network,
+    id: &str,
+    address: Ipv4Addr,
+    netns: &Netns,
+) -> Result<bool, Error> {
+    let host_if = link::host_ifname(id);
+    let inner = Ipv4Net {
+        addr: address,
+        prefix: net.pool.prefix,
+    };
+    let wire_err = |source| Error::Wire {
         id: id.to_string(),
+        bridge: net.bridge.clone(),
         source,
-    })?;
+    };
+    in_host(host, || {
+        let changed =
+            link::ensure_veth(&host_if, &net.bridge, netns, INNER_IF, inner, net.gateway())?;
+        // A new veth has a new MAC behind the instance's address (see forget_neighbour).
+        if changed {
+            link::forget_neighbour(address)?;
+        }
+        Ok(changed)
+    })?
+    .map_err(wire_err)
+}
+
+fn wired_in_place(
+    host: &Netns,
+    net: &Network,
+    id: &str,
+    address: Ipv4Addr,
+    netns: &Netns,
+) -> Result<bool, Error> {
     let host_if = link::host_ifname(id);
     let inner = Ipv4Net {
         addr: address,
         prefix: net.pool.prefix,
     };
     in_host(host, || {
-        link::veth_in_place(
-            &host_if,
-            &net.bridge,
-            &netns,
-            INNER_IF,
-            inner,
-            net.gateway(),
-        )
+        link::veth_in_place(&host_if, &net.bridge, netns, INNER_IF, inner, net.gateway())
     })?
     .map_err(|source| Error::Wire {
         id: id.to_string(),

@@ -90,7 +90,8 @@ pub struct DeploymentRecord {
     /// kernel is changed (old and new instances together), so that a run that dies half way
     /// still leaves the next run a list of everything to clean up.
     pub instances: Vec<String>,
-    /// Network namespaces gearnat created (and so removes on `down`).
+    /// Instances whose network namespace (netns runtime) or container (docker runtime) gearnat
+    /// created, and so removes on `down`.
     pub created_netns: Vec<String>,
 }
 

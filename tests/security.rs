@@ -311,7 +311,10 @@ fn the_state_directory_is_private() {
     fs::write(&file, deployment(host.tag())).unwrap();
     let state = files.path().join("new/state");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearnat"));
-    cmd.arg("--state-dir").arg(&state).arg("apply").arg(&file);
+    cmd.arg("--state-dir")
+        .arg(&state)
+        .args(["apply", "--runtime", "netns"])
+        .arg(&file);
     let out = common::output_in(host.host_ns(), cmd);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -13,6 +13,7 @@
 mod batch;
 mod conntrack;
 mod dump;
+mod monitor;
 mod netlink;
 mod program;
 mod render;
@@ -28,6 +29,7 @@ use std::io;
 pub use batch::commit;
 pub use conntrack::{delete_flows, Flow};
 pub use dump::{dump, forward_chains, ForwardChain};
+pub use monitor::{Monitor, Removal};
 pub use render::render;
 pub use udata::COMMENT_MAX_LEN;
 

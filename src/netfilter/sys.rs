@@ -732,6 +732,12 @@ impl Socket {
         Ok(())
     }
 
+    /// Subscribes to a multicast group of nfnetlink (e.g. NFNLGRP_NFTABLES, nf_tables'
+    /// change notifications).
+    pub fn join_group(&self, group: libc::c_int) -> io::Result<()> {
+        self.set_int(libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group)
+    }
+
     /// Raises the send and receive buffers past their sysctl limits (needs CAP_NET_ADMIN), so a
     /// large batch fits one sendmsg and its acknowledgements fit the receive queue.
     pub fn force_buffers(&self, send: usize, receive: usize) -> io::Result<()> {

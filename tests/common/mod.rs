@@ -142,6 +142,9 @@ impl TestHost {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearnat"));
+        // These tests are about the netns runtime; on a host running Docker, `auto` would
+        // pick docker. An explicit --runtime still wins.
+        cmd.env("GEARNAT_RUNTIME", "netns");
         cmd.arg("--state-dir").arg(self.state_dir()).args(args);
         output_in(&self.host, cmd)
     }
