@@ -615,3 +615,24 @@ fn deployments_leave_each_other_alone() {
         Some(0)
     );
 }
+
+/// Connections instances open to other hosts leave with the host's address: the outside client
+/// has no route back to the instances' pool, so only a masqueraded connection is answered.
+#[test]
+fn instances_reach_other_hosts_with_the_hosts_address() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("ga09");
+    let tag = host.tag().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let file = write(&files, "seed.json", &seed(&tag));
+    apply_ok(&host, &file);
+    let out = common::exec(host.client_ns(), &["ip", "route", "del", "default"]);
+    assert!(out.status.success());
+    let _outside = serve_tcp(host.client_ns(), addr("192.0.2.2:9000"), "outside");
+    assert_eq!(
+        reach(&format!("{tag}rockmongo-1"), "192.0.2.2:9000"),
+        "outside"
+    );
+}

@@ -262,7 +262,11 @@ pub(crate) fn table(layout: &Layout) -> Table {
                 dnat_rules(),
             ));
             chains.push(nat_chain("output", NF_INET_LOCAL_OUT, -100, dnat_rules()));
-            let rules = vec![loopback_masquerade_rule(), hairpin_masquerade_rule(pool)];
+            let rules = vec![
+                loopback_masquerade_rule(),
+                hairpin_masquerade_rule(pool),
+                outbound_masquerade_rule(pool),
+            ];
             chains.push(nat_chain("postrouting", NF_INET_POST_ROUTING, 100, rules));
             chains.push(forward_chain(pool));
         }
@@ -509,6 +513,16 @@ fn hairpin_masquerade_rule(pool: &Ipv4Net) -> Vec<Expr> {
     let mut rule = prefix_match(IPV4_SADDR, pool, NFT_CMP_EQ);
     rule.extend(prefix_match(IPV4_DADDR, pool, NFT_CMP_EQ));
     rule.extend(ct_dnat_masquerade());
+    rule
+}
+
+/// `ip saddr <pool> ip daddr != <pool> masquerade`: connections instances open to other hosts
+/// leave with the host's address, as from Docker's own bridge; the pool is private to the host
+/// and nothing outside routes it back.
+fn outbound_masquerade_rule(pool: &Ipv4Net) -> Vec<Expr> {
+    let mut rule = prefix_match(IPV4_SADDR, pool, NFT_CMP_EQ);
+    rule.extend(prefix_match(IPV4_DADDR, pool, NFT_CMP_NEQ));
+    rule.push(Expr::Masquerade);
     rule
 }
 

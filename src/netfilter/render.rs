@@ -54,7 +54,9 @@ pub fn render(layout: &Layout, elements: &[Element]) -> String {
             let _ = writeln!(
                 out,
                 "\t\t# hairpin: an instance reaching an instance through a host port\n\
-                 \t\tip saddr {pool} ip daddr {pool} ct status dnat masquerade"
+                 \t\tip saddr {pool} ip daddr {pool} ct status dnat masquerade\n\
+                 \t\t# instances reaching other hosts leave with the host's address\n\
+                 \t\tip saddr {pool} ip daddr != {pool} masquerade"
             );
             out.push_str("\t}\n");
             let _ = writeln!(
@@ -194,7 +196,7 @@ mod tests {
             },
         ];
         let expected = "table ip gearnat {
-	comment \"gearnat r2 host pool 10.211.0.0/16\"
+	comment \"gearnat r3 host pool 10.211.0.0/16\"
 	map tcp_ports {
 		type inet_service : ipv4_addr . inet_service
 		elements = {
@@ -229,6 +231,8 @@ mod tests {
 		ip saddr 127.0.0.0/8 oif != \"lo\" ct status dnat masquerade
 		# hairpin: an instance reaching an instance through a host port
 		ip saddr 10.211.0.0/16 ip daddr 10.211.0.0/16 ct status dnat masquerade
+		# instances reaching other hosts leave with the host's address
+		ip saddr 10.211.0.0/16 ip daddr != 10.211.0.0/16 masquerade
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
@@ -250,7 +254,7 @@ mod tests {
             owner: owner("web-1"),
         }];
         let text = render(&Layout::Instance, &elements);
-        assert!(text.starts_with("table ip gearnat {\n\tcomment \"gearnat r2 instance\"\n"));
+        assert!(text.starts_with("table ip gearnat {\n\tcomment \"gearnat r3 instance\"\n"));
         assert!(text.contains(
             "\tmap tcp_links {\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\
              \t\telements = {\n\
