@@ -15,6 +15,7 @@ use crate::report;
 use crate::resolve::{self, Resolved};
 use crate::runtime::Network;
 use crate::state::{DeploymentRecord, Reservations, StateDir};
+use crate::timing::timed;
 use crate::{deployment, geard, link, netfilter, Error};
 
 fn network(args: &NetworkArgs) -> Network {
@@ -95,25 +96,31 @@ fn plan_config(net: &Network) -> plan::NetworkConfig {
 }
 
 pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
-    let d = load(args)?;
+    let d = timed("load file", || load(args))?;
     require_admin("apply")?;
     let net = network(&args.network);
     let state = lock(state_dir)?;
-    let (resolved, reservations) =
-        resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)?;
+    let (resolved, reservations) = timed("resolve", || {
+        resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)
+    })?;
     let desired = plan::desired(&resolved, &plan_config(&net));
     let record = state
         .record(&d.name)?
         .unwrap_or_else(|| new_record(&d, args));
     let host = Netns::current()?;
-    let plan = reconcile::plan_apply(&host, &net, &desired, &record)?;
+    let plan = timed("observe", || {
+        reconcile::plan_apply(&host, &net, &desired, &record)
+    })?;
 
+    timed("print plan", || {
+        print_plan(args.output.output, &plan, &net, &resolved)
+    });
     if plan.is_empty() {
-        print_plan(args.output.output, &plan, &net, &resolved);
-        save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
+        timed("save state", || {
+            save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)
+        })?;
         return Ok(Status::Done);
     }
-    print_plan(args.output.output, &plan, &net, &resolved);
     let mut record = reconcile::intent(record, Some(&desired));
     state.save_reservations(&reservations)?;
     state.save_record(&record)?;
@@ -121,8 +128,10 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
     reconcile::execute(&host, &net, &plan, &mut record, persist)?;
     let applied = started.elapsed();
-    read_back(&host, &net, &desired, &record)?;
-    save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
+    timed("read back", || read_back(&host, &net, &desired, &record))?;
+    timed("save state", || {
+        save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)
+    })?;
     if args.output.output == Output::Text {
         println!("applied in {} ms; read back: in sync", applied.as_millis());
         print!("{}", report::mapping_lines(&resolved));
@@ -198,12 +207,20 @@ fn print_plan(output: Output, plan: &plan::Plan, net: &Network, resolved: &Resol
             println!("deployment {}: in sync; nothing to change", plan.deployment);
         }
         Output::Text => {
-            println!("deployment {}: plan", plan.deployment);
-            for line in report::plan_lines(plan, &net.bridge) {
-                println!("{line}");
-            }
+            print!("{}", plan_text(&plan.deployment, "plan", plan, net));
         }
     }
+}
+
+/// A plan under its heading, as one string: stdout is line-buffered, and a plan of 10,000
+/// mappings printed line by line costs 10,000 write calls.
+fn plan_text(deployment: &str, heading: &str, plan: &plan::Plan, net: &Network) -> String {
+    let mut text = format!("deployment {deployment}: {heading}\n");
+    for line in report::plan_lines(plan, &net.bridge) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
 pub fn diff(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
@@ -260,10 +277,7 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         },
         others == 0,
     );
-    println!("deployment {name}: down");
-    for line in report::plan_lines(&plan, &net.bridge) {
-        println!("{line}");
-    }
+    print!("{}", plan_text(&name, "down", &plan, &net));
     reconcile::execute(&host, &net, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
         crate::runtime::remove_bridge(&host, &net)?;

@@ -17,5 +17,6 @@ pub mod resolve;
 pub mod ruleset;
 pub mod runtime;
 pub mod state;
+pub mod timing;
 
 pub use error::Error;

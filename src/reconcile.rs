@@ -13,6 +13,7 @@ use crate::plan::{
 use crate::ruleset::ActualTable;
 use crate::runtime::{self, Network};
 use crate::state::DeploymentRecord;
+use crate::timing::timed;
 use crate::{link, Error};
 
 /// What an instance namespace holds, read from inside it.
@@ -53,7 +54,7 @@ pub fn observe(
     let host_sysctls = desired.map(|d| d.host_sysctls.clone()).unwrap_or_default();
     let mut observed = Observed {
         bridge_ready: runtime::bridge_in_place(host, net)?,
-        host_table: netfilter::dump().map_err(|e| Error::Netfilter {
+        host_table: timed("dump host table", netfilter::dump).map_err(|e| Error::Netfilter {
             ns: "host".into(),
             source: e,
         })?,
@@ -95,22 +96,27 @@ pub fn execute(
     persist: impl Fn(&DeploymentRecord) -> Result<(), Error>,
 ) -> Result<(), Error> {
     if plan.create_bridge {
-        runtime::ensure_bridge(host, net)?;
+        timed("wire bridge", || runtime::ensure_bridge(host, net))?;
     }
-    let joined = join_instances(host, net, plan, record);
+    let joined = timed("wire instances", || join_instances(host, net, plan, record));
     persist(record)?;
     joined?;
-    commit_namespace(None, &plan.host)?;
-    for (id, ns_plan) in &plan.instances {
-        if matches!(
-            plan.wiring.get(id),
-            Some(Wiring::Remove { delete_netns: true })
-        ) {
-            continue;
+    timed("commit host", || commit_namespace(None, &plan.host))?;
+    timed("commit instances", || -> Result<(), Error> {
+        for (id, ns_plan) in &plan.instances {
+            if matches!(
+                plan.wiring.get(id),
+                Some(Wiring::Remove { delete_netns: true })
+            ) {
+                continue;
+            }
+            commit_namespace(Some(id), ns_plan)?;
         }
-        commit_namespace(Some(id), ns_plan)?;
-    }
-    remove_instances(host, net, plan, record)
+        Ok(())
+    })?;
+    timed("unwire instances", || {
+        remove_instances(host, net, plan, record)
+    })
 }
 
 fn join_instances(
