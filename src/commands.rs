@@ -108,8 +108,8 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         .record(&d.name)?
         .unwrap_or_else(|| new_record(&d, args));
     let host = Netns::current()?;
-    let plan = timed("observe", || {
-        reconcile::plan_apply(&host, &net, &desired, &record)
+    let (observed, plan) = timed("observe", || {
+        reconcile::observe_and_plan(&host, &net, &desired, &record)
     })?;
 
     timed("print plan", || {
@@ -128,7 +128,9 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
     reconcile::execute(&host, &net, &plan, &mut record, persist)?;
     let applied = started.elapsed();
-    timed("read back", || read_back(&host, &net, &desired, &record))?;
+    timed("read back", || {
+        read_back(&host, &net, &desired, &record, observed, &plan)
+    })?;
     timed("save state", || {
         save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)
     })?;
@@ -148,14 +150,18 @@ fn new_record(d: &Deployment, args: &DeployArgs) -> DeploymentRecord {
     }
 }
 
-/// After a batch, the kernel must hold exactly what was planned.
+/// After a batch, the kernel must hold exactly what was planned (the namespaces the plan
+/// changed are read again; see [`reconcile::read_back`]).
 fn read_back(
     host: &Netns,
     net: &Network,
     desired: &Desired,
     record: &DeploymentRecord,
+    observed: plan::Observed,
+    plan: &plan::Plan,
 ) -> Result<(), Error> {
-    let left = reconcile::plan_apply(host, net, desired, &record_for(desired, record))?;
+    let record = record_for(desired, record);
+    let left = reconcile::read_back(host, net, desired, &record, observed, plan)?;
     if left.is_empty() {
         Ok(())
     } else {
