@@ -186,7 +186,7 @@ impl StateDir {
         write_json(&self.record_path(&record.name), record)
     }
 
-    pub fn save_resolved(&self, name: &str, value: &serde_json::Value) -> Result<(), StateError> {
+    pub fn save_resolved(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
         write_json(&self.resolved_path(name), value)
     }
 
