@@ -272,7 +272,9 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         .filter(|n| *n != name)
         .count();
     let host = Netns::current()?;
-    let observed = reconcile::observe(&host, &net, None, &record.instances)?;
+    let observed = timed("observe", || {
+        reconcile::observe(&host, &net, None, &record.instances)
+    })?;
     let created: BTreeSet<String> = record.created_netns.iter().cloned().collect();
     let plan = plan::teardown(
         &name,

@@ -23,15 +23,20 @@ fn instances(n: usize) -> usize {
 /// A deployment of `n` public ports over [`instances`] containers (count 1 each), host ports
 /// from 20000 up; `extra` adds one more port to the last container.
 pub fn deployment(id_prefix: &str, n: usize, extra: bool) -> String {
+    deployment_from(id_prefix, n, extra, 20000)
+}
+
+/// [`deployment`] with host ports from `first` up.
+pub fn deployment_from(id_prefix: &str, n: usize, extra: bool, first: usize) -> String {
     let containers = instances(n);
     let per = n / containers;
     let list: Vec<Value> = (0..containers)
         .map(|c| {
             let mut ports: Vec<Value> = (0..per)
-                .map(|j| json!({"internal": 10000 + j, "external": 20000 + c * per + j}))
+                .map(|j| json!({"internal": 10000 + j, "external": first + c * per + j}))
                 .collect();
             if extra && c == containers - 1 {
-                ports.push(json!({"internal": 10000 + per, "external": 20000 + n}));
+                ports.push(json!({"internal": 10000 + per, "external": first + n}));
             }
             json!({"name": format!("c{c}"), "count": 1, "image": "bench", "publicports": ports})
         })

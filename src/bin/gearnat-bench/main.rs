@@ -38,8 +38,8 @@ struct Args {
     /// Numbers of public ports to measure the packet path at.
     #[arg(long, value_delimiter = ',', default_value = "1,10000")]
     packet_ports: Vec<usize>,
-    /// Seconds of connections per ruleset and N, in 3 interleaved slices.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds of connections per ruleset and N, in 6 interleaved slices.
+    #[arg(long, default_value_t = 6.0)]
     packet_secs: f64,
     /// Also write the figures as JSON to FILE.
     #[arg(long, value_name = "FILE")]
@@ -65,9 +65,13 @@ fn main() {
         control.insert(n, control::measure(&gearnat, n, args.reps, &format!("{i}")));
     }
     eprintln!("packet path ...");
-    let packets = packet_path(&gearnat, &args);
+    let (packets, during_apply) = packet_path(&gearnat, &args);
 
-    let report = Report { control, packets };
+    let report = Report {
+        control,
+        packets,
+        during_apply,
+    };
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let text = format!("{:#}\n", report.json());
@@ -75,35 +79,59 @@ fn main() {
     }
 }
 
-/// Connections per (ruleset, N), the rulesets measured in interleaved slices so that load from
-/// elsewhere on the machine falls on all of them alike.
-fn packet_path(gearnat: &std::path::Path, args: &Args) -> BTreeMap<(&'static str, usize), Sample> {
-    let setups: Vec<Setup> = (args.packet_ports.iter().enumerate())
-        .map(|(i, &n)| Setup::new(gearnat, n, &format!("p{i}")))
-        .collect();
-    let slice = Duration::from_secs_f64(args.packet_secs / 3.0);
-    let mut out: BTreeMap<(&'static str, usize), Sample> = BTreeMap::new();
-    for ruleset in ["gearnat maps", "linear rules"] {
-        if ruleset == "linear rules" {
-            setups.iter().for_each(Setup::switch_to_linear);
-        }
-        // Warm up (ARP, caches), then measure.
-        for s in &setups {
-            s.connect_for(Duration::from_millis(100));
-        }
-        for _ in 0..3 {
-            for s in &setups {
-                let sample = s.connect_for(slice);
-                out.entry((ruleset, s.n)).or_default().merge(sample);
+/// Connections while a batch of this many elements is committed in the same namespace.
+const BATCH_UNDER_TRAFFIC: usize = 10_000;
+
+/// Connections per (ruleset, N). Every (ruleset, N) has a host of its own, all alive at once,
+/// measured in interleaved slices (in reverse order every other round), so that load from
+/// elsewhere on the machine and conntrack entries piling up fall on all of them alike. Then
+/// connections through gearnat's N = 1 host while gearnat commits a batch of
+/// [`BATCH_UNDER_TRAFFIC`] elements beside them.
+fn packet_path(gearnat: &std::path::Path, args: &Args) -> (PacketFigures, Option<DuringApply>) {
+    let mut setups: Vec<(&'static str, Setup)> = Vec::new();
+    for (r, ruleset) in ["gearnat maps", "linear rules"].into_iter().enumerate() {
+        for (i, &n) in args.packet_ports.iter().enumerate() {
+            let setup = Setup::new(gearnat, n, &format!("p{r}{i}"));
+            if ruleset == "linear rules" {
+                setup.switch_to_linear();
             }
+            setups.push((ruleset, setup));
         }
     }
-    out
+    // Warm up (ARP, caches), then measure.
+    for (_, s) in &setups {
+        s.connect_for(Duration::from_millis(100));
+    }
+    let slice = Duration::from_secs_f64(args.packet_secs / SLICES as f64);
+    let mut out: PacketFigures = BTreeMap::new();
+    for round in 0..SLICES {
+        let mut order: Vec<&(&'static str, Setup)> = setups.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (ruleset, s) in order {
+            let sample = s.connect_for(slice);
+            out.entry((ruleset, s.n)).or_default().merge(sample);
+        }
+    }
+    let during = setups
+        .first()
+        .map(|(_, s)| s.connect_during_apply(gearnat, BATCH_UNDER_TRAFFIC, Duration::from_secs(2)));
+    (out, during)
 }
+
+/// Slices each packet-path figure is measured in, interleaved with the others'.
+const SLICES: usize = 6;
+
+type PacketFigures = BTreeMap<(&'static str, usize), Sample>;
+
+/// Connections measured while gearnat applied a big batch, and that apply's wall time (ms).
+type DuringApply = (Sample, f64);
 
 struct Report {
     control: BTreeMap<usize, BTreeMap<&'static str, Step>>,
-    packets: BTreeMap<(&'static str, usize), Sample>,
+    packets: PacketFigures,
+    during_apply: Option<DuringApply>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -115,30 +143,39 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The step timings of the median run, grouped: where the time goes.
+/// The step timings of the median run, grouped so that they do not overlap: where the time
+/// goes. `other` is the rest of the process's wall time (start-up, lock, state reads, planning).
 fn split_groups(step: &Step) -> BTreeMap<&'static str, f64> {
     let at = median_index(&step.wall_ms);
     let Some(split) = at.and_then(|i| step.split_ms.get(i)) else {
         return BTreeMap::new();
     };
     let get = |k: &str| split.get(k).copied().unwrap_or(0.0);
-    BTreeMap::from([
+    let dumps = get("dump host table");
+    let groups = [
         ("parse+resolve", get("load file") + get("resolve")),
+        ("dumps", dumps),
+        // Observing and reading back are the dumps plus the instances' wiring checks.
+        (
+            "checks",
+            (get("observe") + get("read back") - dumps).max(0.0),
+        ),
         (
             "wiring",
             get("wire bridge") + get("wire instances") + get("unwire instances"),
         ),
         ("batch build", get("build batch")),
         (
-            "batch send+commit",
+            "batch commit",
             get("send batch (kernel commit)") + get("read answers"),
         ),
-        ("dumps", get("dump host table")),
-        ("observe", get("observe")),
-        ("read back", get("read back")),
         ("save state", get("save state")),
         ("print", get("print plan")),
-    ])
+    ];
+    let mut out: BTreeMap<&'static str, f64> = groups.into_iter().collect();
+    let counted: f64 = out.values().sum();
+    out.insert("other", (step.wall_ms[at.unwrap()] - counted).max(0.0));
+    out
 }
 
 fn median_index(v: &[f64]) -> Option<usize> {
@@ -183,22 +220,41 @@ impl Report {
             "\nPacket path (new TCP connections, outside client -> host DNAT -> instance)\n",
         );
         t.push_str(&format!(
-            "{:<13} {:>6} {:>9} {:>8} {:>8} {:>9} {:>6}\n",
-            "ruleset", "N", "conn/s", "p50 us", "p99 us", "vs N=1", "fails"
+            "{:<13} {:>6} {:>9} {:>8} {:>8} {:>8} {:>9} {:>6}\n",
+            "ruleset", "N", "conn/s", "p50 us", "p99 us", "max us", "vs N=1", "fails"
         ));
         for ((ruleset, n), s) in &self.packets {
             let mut s = s.clone();
             let base = self.packets.get(&(*ruleset, 1)).map(Sample::per_second);
             t.push_str(&format!(
-                "{ruleset:<13} {n:>6} {:>9.0} {:>8.0} {:>8.0} {:>9} {:>6}\n",
+                "{ruleset:<13} {n:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>9} {:>6}\n",
                 s.per_second(),
                 s.percentile_us(50.0),
                 s.percentile_us(99.0),
+                s.max_us(),
                 base.map_or("-".into(), |b| format!(
                     "{:+.1}%",
                     (s.per_second() / b - 1.0) * 100.0
                 )),
                 s.failures
+            ));
+        }
+        if let Some((s, apply_ms)) = &self.during_apply {
+            let mut s = s.clone();
+            t.push_str(&format!(
+                "{:<13} {:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.0} {:>9} {:>6}\n",
+                "during batch",
+                1,
+                s.per_second(),
+                s.percentile_us(50.0),
+                s.percentile_us(99.0),
+                s.max_us(),
+                "-",
+                s.failures
+            ));
+            t.push_str(&format!(
+                "  (gearnat maps, N = 1, while gearnat applied {BATCH_UNDER_TRAFFIC} more ports \
+                 in one batch in the same namespace, {apply_ms:.0} ms)\n"
             ));
         }
         t
@@ -240,13 +296,27 @@ impl Report {
                     "connections_per_second": s.per_second(),
                     "p50_us": s.percentile_us(50.0),
                     "p99_us": s.percentile_us(99.0),
+                    "max_us": s.max_us(),
                 })
             })
             .collect();
+        let during = self.during_apply.as_ref().map(|(s, apply_ms)| {
+            let mut s = s.clone();
+            json!({
+                "batch_elements": BATCH_UNDER_TRAFFIC,
+                "apply_wall_ms": apply_ms,
+                "connections": s.connects,
+                "failures": s.failures,
+                "p50_us": s.percentile_us(50.0),
+                "p99_us": s.percentile_us(99.0),
+                "max_us": s.max_us(),
+            })
+        });
         json!({
             "machine": machine(),
             "control": control,
             "packet": packets,
+            "packet_during_batch": during,
         })
     }
 }

@@ -12,9 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use gearnat::netns::{self, Netns};
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::socket::{listen, setsockopt, sockopt, Backlog};
 
-use crate::control::{deployment, last_mapping};
+use crate::control::{deployment, deployment_from, last_mapping};
 use crate::topo;
 
 /// Connections measured in one run of the client.
@@ -24,6 +24,8 @@ pub struct Sample {
     pub failures: usize,
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
+    /// Connections per second of each slice merged in.
+    pub slice_rates: Vec<f64>,
 }
 
 impl Sample {
@@ -32,10 +34,26 @@ impl Sample {
         self.failures += other.failures;
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
+        self.slice_rates.extend(other.slice_rates);
     }
 
+    /// The median of the slices' rates: a slice slowed by load from elsewhere on the machine
+    /// moves it less than it moves the overall mean.
     pub fn per_second(&self) -> f64 {
-        self.connects as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let mut rates = self.slice_rates.clone();
+        if rates.is_empty() {
+            return self.connects as f64 / self.elapsed.as_secs_f64().max(1e-9);
+        }
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    }
+
+    /// The slowest connect, in microseconds.
+    pub fn max_us(&self) -> f64 {
+        self.latencies
+            .iter()
+            .max()
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
     }
 
     /// The `p`th percentile of connect latency, in microseconds.
@@ -57,6 +75,7 @@ pub struct Setup {
     client: String,
     host_port: u16,
     linear: String,
+    state_dir: std::path::PathBuf,
     server: Server,
 }
 
@@ -75,6 +94,7 @@ impl Setup {
         cmd.arg("apply").arg(&file);
         let out = topo::run_in(&host, cmd, None);
         assert!(out.success, "gearnat apply failed:\n{}", out.stderr);
+        tune_for_many_connections(&host, &client);
         let (instance, internal, host_port) = last_mapping(&id_prefix, n);
         let server = Server::start(&instance, internal);
         let linear = linear_ruleset(&out.stdout);
@@ -84,8 +104,42 @@ impl Setup {
             client,
             host_port,
             linear,
+            state_dir: dir.join("state"),
             server,
         }
+    }
+
+    /// Connections for `time` while gearnat applies a second deployment of `ports` public
+    /// ports (one batch of that many elements) in the same host namespace, started a fifth of
+    /// the way in; returns the connections and the apply's wall time in ms.
+    pub fn connect_during_apply(
+        &self,
+        gearnat: &Path,
+        ports: usize,
+        time: Duration,
+    ) -> (Sample, f64) {
+        let dir = topo::scratch().join(format!("packet-{}-second", self.host));
+        fs::create_dir_all(&dir).expect("scratch folder");
+        let id_prefix = format!("{}s-", self.host);
+        let file = dir.join("second.json");
+        let text = deployment_from(&id_prefix, ports, false, 30000);
+        fs::write(&file, text).expect("writing a deployment");
+        let mut cmd = Command::new(gearnat);
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("apply")
+            .arg(&file);
+        thread::scope(|scope| {
+            let client = scope.spawn(|| self.connect_for(time));
+            thread::sleep(time / 5);
+            let out = topo::run_in(&self.host, cmd, None);
+            assert!(
+                out.success,
+                "gearnat apply (second) failed:\n{}",
+                out.stderr
+            );
+            (client.join().expect("client thread"), out.ms())
+        })
     }
 
     /// Replaces gearnat's table by the linear ruleset (the sysctls and wiring stay).
@@ -114,6 +168,21 @@ impl Setup {
         );
         sample
     }
+}
+
+/// Sequential connections from one client reuse its source ports within seconds; a SYN that
+/// meets the conntrack entry of the port's previous, reset connection may be dropped while that
+/// entry is torn down, and the client retries only after a second. A wider port range and a
+/// short CLOSE timeout, in the bench's own namespaces only, keep such collisions rare.
+fn tune_for_many_connections(host: &str, client: &str) {
+    let set = |ns_name: &str, key: &'static str, value: &'static str| {
+        let ns = Netns::open_named(ns_name).unwrap_or_else(|e| panic!("{e}"));
+        netns::run_in(&ns, || gearnat::link::sysctl_set(key, value))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{ns_name}: {e}"));
+    };
+    set(client, "net.ipv4.ip_local_port_range", "1024 65535");
+    set(host, "net.netfilter.nf_conntrack_tcp_timeout_close", "1");
 }
 
 /// One linear rule per mapping, in the order apply printed them (`X: PortMapping: P -> H`),
@@ -161,12 +230,17 @@ fn connect_loop(to: SocketAddr, time: Duration) -> Sample {
         }
     }
     sample.elapsed = started.elapsed();
+    let rate = sample.connects as f64 / sample.elapsed.as_secs_f64().max(1e-9);
+    sample.slice_rates.push(rate);
     sample
 }
 
-/// Accepts and drops connections in an instance namespace until dropped.
+/// Accepts and drops connections in an instance namespace until dropped. The accept blocks
+/// (no polling), so that on a loaded machine the backlog never fills while the thread sleeps.
 struct Server {
     stop: Arc<AtomicBool>,
+    ns: Netns,
+    port: u16,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -177,19 +251,21 @@ impl Server {
         let listener = netns::run_in(&ns, move || TcpListener::bind(addr))
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("listening on {addr} in {instance}: {e}"));
-        listener.set_nonblocking(true).expect("non-blocking");
+        // std listens with a backlog of 128: on a loaded machine the accept thread may not run
+        // for tens of milliseconds, and SYNs past a full queue are dropped (the client then
+        // waits a second). Listening again raises the queue to the namespace's somaxconn.
+        listen(&listener, Backlog::MAXALLOWABLE).expect("raising the listen backlog");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok(_) => {}
-                    Err(_) => thread::sleep(Duration::from_micros(200)),
-                }
+                let _ = listener.accept();
             }
         });
         Server {
             stop,
+            ns,
+            port,
             thread: Some(thread),
         }
     }
@@ -202,6 +278,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // One more connection, from inside the instance, wakes the blocked accept.
+        let to = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let _ = netns::run_in(&self.ns, || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(1))
+        });
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
