@@ -100,9 +100,12 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     require_admin("apply")?;
     let net = network(&args.network);
     let state = lock(state_dir)?;
+    let saved = state.reservations()?;
     let (resolved, reservations) = timed("resolve", || {
-        resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)
+        resolve_with(&d, &args.file, &saved, &listening()?, &net)
     })?;
+    // Written once, and only when resolving changed it (10,000 ports: a 1 MB file).
+    let mut unsaved = (reservations != saved).then_some(&reservations);
     let desired = plan::desired(&resolved, &plan_config(&net));
     let record = state
         .record(&d.name)?
@@ -117,12 +120,14 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     });
     if plan.is_empty() {
         timed("save state", || {
-            save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)
+            save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
         })?;
         return Ok(Status::Done);
     }
     let mut record = reconcile::intent(record, Some(&desired));
-    state.save_reservations(&reservations)?;
+    if let Some(reservations) = unsaved.take() {
+        state.save_reservations(reservations)?;
+    }
     state.save_record(&record)?;
     let started = Instant::now();
     let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
@@ -132,7 +137,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         read_back(&host, &net, &desired, &record, observed, &plan)
     })?;
     timed("save state", || {
-        save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)
+        save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
     })?;
     if args.output.output == Output::Text {
         println!("applied in {} ms; read back: in sync", applied.as_millis());
@@ -189,14 +194,16 @@ fn save_resolved(
     state: &StateDir,
     d: &Deployment,
     resolved: &Resolved,
-    reservations: &Reservations,
+    unsaved: Option<&Reservations>,
     record: DeploymentRecord,
     args: &DeployArgs,
     desired: &Desired,
 ) -> Result<(), Error> {
     let mut record = record_for(desired, &record);
     record.source = std::fs::canonicalize(&args.file).ok().or(record.source);
-    state.save_reservations(reservations)?;
+    if let Some(reservations) = unsaved {
+        state.save_reservations(reservations)?;
+    }
     state.save_resolved(&d.name, &geard::output_file(d, resolved))?;
     state.save_record(&record)?;
     Ok(())
