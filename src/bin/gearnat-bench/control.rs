@@ -60,6 +60,8 @@ pub struct Step {
     pub split_ms: Vec<BTreeMap<String, f64>>,
     pub nft_ms: Vec<f64>,
     pub max_rss_kib: u64,
+    /// The batches gearnat sent: (messages, bytes), from its debug log.
+    pub batches: Vec<(usize, usize)>,
 }
 
 pub const STEPS: [&str; 5] = ["cold apply", "re-apply", "add one", "remove one", "down"];
@@ -113,6 +115,7 @@ fn gearnat_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'s
             entry.inside_ms.push(ms);
         }
         entry.split_ms.push(split(&out.stderr));
+        entry.batches = batches(&out.stderr);
         entry.max_rss_kib = entry.max_rss_kib.max(out.max_rss_kib);
     }
     gearnat::netns::delete_named(&host).expect("deleting the host namespace");
@@ -192,6 +195,22 @@ fn applied_ms(stdout: &str) -> Option<f64> {
         .and_then(|ms| ms.parse().ok())
 }
 
+/// `sending an nf_tables batch of M messages, B bytes` debug lines: (M, B) per batch.
+fn batches(stderr: &str) -> Vec<(usize, usize)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("sending an nf_tables batch of ")
+                .map(|(_, r)| r)
+        })
+        .filter_map(|r| {
+            let (messages, rest) = r.split_once(" messages, ")?;
+            let bytes = rest.strip_suffix(" bytes")?;
+            Some((messages.parse().ok()?, bytes.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The `took X ms: STEP` debug lines (see gearnat's `timing` module), summed per step.
 fn split(stderr: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -231,6 +250,8 @@ mod tests {
         let log = "[DEBUG gearnat::timing] took 1.50 ms: dump host table\n\
                    [INFO x] joined\n[DEBUG gearnat::timing] took 2.00 ms: dump host table\n";
         assert_eq!(split(log)["dump host table"], 3.5);
+        let sent = "[DEBUG x] sending an nf_tables batch of 43 messages, 644684 bytes\n";
+        assert_eq!(batches(sent), vec![(43, 644684)]);
         assert_eq!(
             applied_ms("plan\napplied in 12 ms; read back: in sync\n"),
             Some(12.0)

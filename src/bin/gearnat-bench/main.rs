@@ -210,6 +210,26 @@ impl Report {
                 ));
             }
         }
+        t.push_str(
+            "\nCold apply: gearnat's netlink batch alone (build + send/commit) against nft -f\n",
+        );
+        for (n, steps) in &self.control {
+            let Some(s) = steps.get("cold apply") else {
+                continue;
+            };
+            let groups = split_groups(s);
+            let batch = groups.get("batch build").unwrap_or(&0.0)
+                + groups.get("batch commit").unwrap_or(&0.0);
+            let nft = median(&s.nft_ms);
+            let sent: Vec<String> = (s.batches.iter())
+                .map(|(m, b)| format!("{m} messages, {} KiB", b / 1024))
+                .collect();
+            t.push_str(&format!(
+                "{n:>6}  batch {batch:>6.1} ms  nft -f {nft:>6.1} ms  ratio {:>5}  sent: {}\n",
+                opt(batch / nft, 2),
+                sent.join("; ")
+            ));
+        }
         if let Some(s) = self.control.get(&10000).and_then(|s| s.get("cold apply")) {
             t.push_str(&format!(
                 "\nPeak RSS of gearnat apply at N = 10000: {:.1} MiB\n",
@@ -277,6 +297,7 @@ impl Report {
                         "split_ms_of_median_run": split_groups(s),
                         "step_timings_ms": s.split_ms,
                         "max_rss_kib": s.max_rss_kib,
+                        "batches_messages_bytes": s.batches,
                     }),
                 );
             }
