@@ -100,16 +100,17 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     require_admin("apply")?;
     let net = network(&args.network);
     let state = lock(state_dir)?;
-    let saved = state.reservations()?;
+    let saved = timed("read state", || state.reservations())?;
     let (resolved, reservations) = timed("resolve", || {
         resolve_with(&d, &args.file, &saved, &listening()?, &net)
     })?;
     // Written once, and only when resolving changed it (10,000 ports: a 1 MB file).
     let mut unsaved = (reservations != saved).then_some(&reservations);
-    let desired = plan::desired(&resolved, &plan_config(&net));
-    let record = state
-        .record(&d.name)?
-        .unwrap_or_else(|| new_record(&d, args));
+    let desired = timed("plan desired", || {
+        plan::desired(&resolved, &plan_config(&net))
+    });
+    let record =
+        timed("read state", || state.record(&d.name))?.unwrap_or_else(|| new_record(&d, args));
     let host = Netns::current()?;
     let (observed, plan) = timed("observe", || {
         reconcile::observe_and_plan(&host, &net, &desired, &record)
@@ -125,12 +126,14 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         return Ok(Status::Done);
     }
     let mut record = reconcile::intent(record, Some(&desired));
-    if let Some(reservations) = unsaved.take() {
-        state.save_reservations(reservations)?;
-    }
-    state.save_record(&record)?;
+    timed("save state", || -> Result<(), Error> {
+        if let Some(reservations) = unsaved.take() {
+            state.save_reservations(reservations)?;
+        }
+        Ok(state.save_record(&record)?)
+    })?;
     let started = Instant::now();
-    let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
+    let persist = |r: &DeploymentRecord| timed("save state", || Ok(state.save_record(r)?));
     reconcile::execute(&host, &net, &plan, &mut record, persist)?;
     let applied = started.elapsed();
     timed("read back", || {
@@ -295,7 +298,9 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
     print!("{}", plan_text(&name, "down", &plan, &net));
     reconcile::execute(&host, &net, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
-        crate::runtime::remove_bridge(&host, &net)?;
+        timed("unwire bridge", || {
+            crate::runtime::remove_bridge(&host, &net)
+        })?;
     }
     let mut reservations = state.reservations()?;
     reservations.release(&name);

@@ -144,7 +144,8 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The step timings of the median run, grouped so that they do not overlap: where the time
-/// goes. `other` is the rest of the process's wall time (start-up, lock, state reads, planning).
+/// goes. `other` is the rest of the process's wall time (start-up, the lock, diffing, sysctls,
+/// freeing memory at exit).
 fn split_groups(step: &Step) -> BTreeMap<&'static str, f64> {
     let at = median_index(&step.wall_ms);
     let Some(split) = at.and_then(|i| step.split_ms.get(i)) else {
@@ -162,14 +163,18 @@ fn split_groups(step: &Step) -> BTreeMap<&'static str, f64> {
         ),
         (
             "wiring",
-            get("wire bridge") + get("wire instances") + get("unwire instances"),
+            get("wire bridge")
+                + get("wire instances")
+                + get("unwire instances")
+                + get("unwire bridge"),
         ),
+        ("plan", get("plan desired")),
         ("batch build", get("build batch")),
         (
             "batch commit",
             get("send batch (kernel commit)") + get("read answers"),
         ),
-        ("save state", get("save state")),
+        ("state files", get("read state") + get("save state")),
         ("print", get("print plan")),
     ];
     let mut out: BTreeMap<&'static str, f64> = groups.into_iter().collect();
