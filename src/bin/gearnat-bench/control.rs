@@ -21,22 +21,20 @@ fn instances(n: usize) -> usize {
 }
 
 /// A deployment of `n` public ports over [`instances`] containers (count 1 each), host ports
-/// from 20000 up; `extra` adds one more port to the last container.
-pub fn deployment(id_prefix: &str, n: usize, extra: bool) -> String {
-    deployment_from(id_prefix, n, extra, 20000)
-}
-
-/// [`deployment`] with host ports from `first` up.
-pub fn deployment_from(id_prefix: &str, n: usize, extra: bool, first: usize) -> String {
+/// from 20000 up; the last container has `extra` more, on host ports from 20000 + n up.
+pub fn deployment(id_prefix: &str, n: usize, extra: usize) -> String {
     let containers = instances(n);
     let per = n / containers;
     let list: Vec<Value> = (0..containers)
         .map(|c| {
             let mut ports: Vec<Value> = (0..per)
-                .map(|j| json!({"internal": 10000 + j, "external": first + c * per + j}))
+                .map(|j| json!({"internal": 10000 + j, "external": 20000 + c * per + j}))
                 .collect();
-            if extra && c == containers - 1 {
-                ports.push(json!({"internal": 10000 + per, "external": first + n}));
+            if c == containers - 1 {
+                ports.extend(
+                    (0..extra)
+                        .map(|j| json!({"internal": 10000 + per + j, "external": 20000 + n + j})),
+                );
             }
             json!({"name": format!("c{c}"), "count": 1, "image": "bench", "publicports": ports})
         })
@@ -84,12 +82,12 @@ fn gearnat_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'s
     let dir = topo::scratch().join(format!("control-{round}"));
     fs::create_dir_all(&dir).expect("scratch folder");
     let state = dir.join("state");
-    let file = |name: &str, extra: bool| -> PathBuf {
+    let file = |name: &str, extra: usize| -> PathBuf {
         let path = dir.join(name);
         fs::write(&path, deployment(&id_prefix, n, extra)).expect("writing a deployment");
         path
     };
-    let (base, grown) = (file("base.json", false), file("grown.json", true));
+    let (base, grown) = (file("base.json", 0), file("grown.json", 1));
     topo::add_ns(&host);
     let run = |args: &[&Path]| -> Finished {
         let mut cmd = Command::new(gearnat);
@@ -129,7 +127,7 @@ fn nft_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'stati
     fs::create_dir_all(&dir).expect("scratch folder");
     let id_prefix = format!("{}{round}-", topo::prefix());
     let deployment_file = dir.join("bench.json");
-    fs::write(&deployment_file, deployment(&id_prefix, n, false)).expect("writing a deployment");
+    fs::write(&deployment_file, deployment(&id_prefix, n, 0)).expect("writing a deployment");
     let compiled = Command::new(gearnat)
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -234,7 +232,7 @@ mod tests {
 
     #[test]
     fn deployments_spread_ports_over_instances() {
-        let d: Value = serde_json::from_str(&deployment("gnb-1-a0-", 100, true)).unwrap();
+        let d: Value = serde_json::from_str(&deployment("gnb-1-a0-", 100, 1)).unwrap();
         let containers = d["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 10);
         assert_eq!(containers[9]["publicports"].as_array().unwrap().len(), 11);

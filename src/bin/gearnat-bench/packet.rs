@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use gearnat::netns::{self, Netns};
 use nix::sys::socket::{listen, setsockopt, sockopt, Backlog};
 
-use crate::control::{deployment, deployment_from, last_mapping};
+use crate::control::{deployment, last_mapping};
 use crate::topo;
 
 /// Connections measured in one run of the client.
@@ -75,7 +75,8 @@ pub struct Setup {
     client: String,
     host_port: u16,
     linear: String,
-    state_dir: std::path::PathBuf,
+    id_prefix: String,
+    dir: std::path::PathBuf,
     server: Server,
 }
 
@@ -88,7 +89,7 @@ impl Setup {
         let dir = topo::scratch().join(format!("packet-{tag}"));
         fs::create_dir_all(&dir).expect("scratch folder");
         let file = dir.join("bench.json");
-        fs::write(&file, deployment(&id_prefix, n, false)).expect("writing a deployment");
+        fs::write(&file, deployment(&id_prefix, n, 0)).expect("writing a deployment");
         let mut cmd = Command::new(gearnat);
         cmd.arg("--state-dir").arg(dir.join("state"));
         cmd.arg("apply").arg(&file);
@@ -104,39 +105,42 @@ impl Setup {
             client,
             host_port,
             linear,
-            state_dir: dir.join("state"),
+            id_prefix,
+            dir,
             server,
         }
     }
 
-    /// Connections for `time` while gearnat applies a second deployment of `ports` public
-    /// ports (one batch of that many elements) in the same host namespace, started a fifth of
-    /// the way in; returns the connections and the apply's wall time in ms.
+    /// Connections for `time` while gearnat grows this host's deployment by `ports` public
+    /// ports on its last instance (no new instance, so no wiring: one batch of that many
+    /// elements), started a fifth of the way in; returns the connections and the apply's wall
+    /// time in ms.
     pub fn connect_during_apply(
         &self,
         gearnat: &Path,
         ports: usize,
         time: Duration,
     ) -> (Sample, f64) {
-        let dir = topo::scratch().join(format!("packet-{}-second", self.host));
+        let dir = self.dir.join("grown");
         fs::create_dir_all(&dir).expect("scratch folder");
-        let id_prefix = format!("{}s-", self.host);
-        let file = dir.join("second.json");
-        let text = deployment_from(&id_prefix, ports, false, 30000);
+        // Same file name, so the same deployment.
+        let file = dir.join("bench.json");
+        let text = deployment(&self.id_prefix, self.n, ports);
         fs::write(&file, text).expect("writing a deployment");
         let mut cmd = Command::new(gearnat);
         cmd.arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(self.dir.join("state"))
             .arg("apply")
             .arg(&file);
         thread::scope(|scope| {
             let client = scope.spawn(|| self.connect_for(time));
             thread::sleep(time / 5);
             let out = topo::run_in(&self.host, cmd, None);
+            assert!(out.success, "gearnat apply (grown) failed:\n{}", out.stderr);
             assert!(
-                out.success,
-                "gearnat apply (second) failed:\n{}",
-                out.stderr
+                out.stdout.lines().all(|l| !l.contains("netns")),
+                "growing the deployment wired instances:\n{}",
+                out.stdout
             );
             (client.join().expect("client thread"), out.ms())
         })
