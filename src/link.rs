@@ -375,11 +375,15 @@ fn diag_listening_ports(proto: Proto) -> io::Result<BTreeSet<u16>> {
     let mut ports = BTreeSet::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         socket.send_to(&diag_request(family, protocol, states), &kernel, 0)?;
-        while let Some(answers) = diag_answers(&socket.recv_from_full()?.0)? {
+        loop {
+            let (answers, done) = diag_answers(&socket.recv_from_full()?.0)?;
             let bound = answers.into_iter().filter(|(state, port)| {
                 *port != 0 && (proto == Proto::Udp || *state == TCP_LISTEN)
             });
             ports.extend(bound.map(|(_, port)| port));
+            if done {
+                break;
+            }
         }
     }
     Ok(ports)
@@ -403,10 +407,10 @@ fn diag_request(family: i32, protocol: i32, states: u32) -> Vec<u8> {
     request
 }
 
-/// (state, local port) of each socket in one datagram of a sock_diag dump; `None` at its end.
-/// Each answer is an inet_diag_msg: family, state, timer, retransmits, then the socket id,
-/// whose first field is the local port in network byte order.
-fn diag_answers(datagram: &[u8]) -> io::Result<Option<Vec<(u8, u16)>>> {
+/// (state, local port) of each socket in one datagram of a sock_diag dump, and whether the
+/// dump ended in it. Each answer is an inet_diag_msg: family, state, timer, retransmits, then
+/// the socket id, whose first field is the local port in network byte order.
+fn diag_answers(datagram: &[u8]) -> io::Result<(Vec<(u8, u16)>, bool)> {
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
     let bad = || io::Error::other("malformed sock_diag answer");
@@ -427,7 +431,7 @@ fn diag_answers(datagram: &[u8]) -> io::Result<Option<Vec<(u8, u16)>>> {
                 if errno < 0 {
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
-                return Ok(None);
+                return Ok((out, true));
             }
             SOCK_DIAG_BY_FAMILY => {
                 let port = body.get(4..6).ok_or_else(bad)?;
@@ -437,7 +441,7 @@ fn diag_answers(datagram: &[u8]) -> io::Result<Option<Vec<(u8, u16)>>> {
         }
         rest = &rest[len.next_multiple_of(4).min(rest.len())..];
     }
-    Ok(Some(out))
+    Ok((out, false))
 }
 
 /// [`listening_ports`] from `/proc/thread-self/net/{tcp,udp}{,6}`.
@@ -1036,6 +1040,27 @@ mod tests {
         ] {
             assert!(sysctl_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sock_diag_answers_and_their_end_in_one_datagram() {
+        let mut datagram = Vec::new();
+        // One inet_diag_msg (72 bytes) for a socket listening on port 8080, then NLMSG_DONE.
+        datagram.extend(88u32.to_ne_bytes());
+        datagram.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        datagram.extend([0u8; 10]);
+        let mut body = vec![libc::AF_INET as u8, TCP_LISTEN, 0, 0];
+        body.extend(8080u16.to_be_bytes());
+        body.resize(72, 0);
+        datagram.extend(body);
+        datagram.extend(20u32.to_ne_bytes());
+        datagram.extend(3u16.to_ne_bytes());
+        datagram.extend([0u8; 14]);
+        assert_eq!(
+            diag_answers(&datagram).unwrap(),
+            (vec![(TCP_LISTEN, 8080)], true)
+        );
+        assert!(diag_answers(&datagram[..40]).is_err());
     }
 
     #[test]
