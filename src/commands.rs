@@ -17,6 +17,7 @@ use crate::report;
 use crate::resolve::{self, Resolved};
 use crate::runtime::{self, Network, Runtime};
 use crate::state::{DeploymentRecord, Reservations, StateDir};
+use crate::timing::timed;
 use crate::{deployment, firewall, geard, link, netfilter, Error};
 
 pub(crate) fn network(args: &NetworkArgs) -> Network {
@@ -183,39 +184,59 @@ pub(crate) fn plan_config(net: &Network) -> plan::NetworkConfig {
 }
 
 pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
-    let d = load(args)?;
+    let d = timed("load file", || load(args))?;
     require_admin("apply")?;
     let net = network(&args.network);
     let state = lock(state_dir)?;
-    let (resolved, reservations) =
-        resolve_with(&d, &args.file, &state.reservations()?, &listening()?, &net)?;
-    let mut desired = plan::desired(&resolved, &plan_config(&net));
-    let saved = state.record(&d.name)?;
+    let saved_reservations = timed("read state", || state.reservations())?;
+    let (resolved, reservations) = timed("resolve", || {
+        resolve_with(&d, &args.file, &saved_reservations, &listening()?, &net)
+    })?;
+    // Written once, and only when resolving changed it (10,000 ports: a 1 MB file).
+    let mut unsaved = (reservations != saved_reservations).then_some(&reservations);
+    let mut desired = timed("plan desired", || {
+        plan::desired(&resolved, &plan_config(&net))
+    });
+    let saved = timed("read state", || state.record(&d.name))?;
     let rt = pick_runtime(args.runtime, saved.as_ref())?;
     attach_containers(&rt, &d, &resolved, &mut desired)?;
     let record = saved.unwrap_or_else(|| new_record(&d, args, &rt));
     let host = Netns::current()?;
-    let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record)?;
+    let (observed, plan) = timed("observe", || {
+        reconcile::observe_and_plan(&host, &net, &rt, &desired, &record)
+    })?;
 
+    timed("print plan", || {
+        print_plan(args.output.output, &plan, &net, &resolved)
+    });
     if plan.is_empty() {
         print_plan(args.output.output, &plan, &net, &resolved);
         firewall_pass(&net, args.output.output)?;
         report_coexistence(&net);
-        save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
+        timed("save state", || {
+            save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
+        })?;
         return Ok(Status::Done);
     }
-    print_plan(args.output.output, &plan, &net, &resolved);
     let mut record = reconcile::intent(record, Some(&desired));
-    state.save_reservations(&reservations)?;
-    state.save_record(&record)?;
+    timed("save state", || -> Result<(), Error> {
+        if let Some(reservations) = unsaved.take() {
+            state.save_reservations(reservations)?;
+        }
+        Ok(state.save_record(&record)?)
+    })?;
     let started = Instant::now();
-    let persist = |r: &DeploymentRecord| Ok(state.save_record(r)?);
+    let persist = |r: &DeploymentRecord| timed("save state", || Ok(state.save_record(r)?));
     reconcile::execute(&host, &net, &rt, &plan, &mut record, persist)?;
     let applied = started.elapsed();
-    read_back(&host, &net, &rt, &desired, &record)?;
+    timed("read back", || {
+        read_back(&host, &net, &rt, &desired, &record, observed, &plan)
+    })?;
     firewall_pass(&net, args.output.output)?;
     report_coexistence(&net);
-    save_resolved(&state, &d, &resolved, &reservations, record, args, &desired)?;
+    timed("save state", || {
+        save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
+    })?;
     if args.output.output == Output::Text {
         println!("applied in {} ms; read back: in sync", applied.as_millis());
         print!("{}", report::mapping_lines(&resolved));
@@ -266,15 +287,19 @@ fn new_record(d: &Deployment, args: &DeployArgs, rt: &Runtime) -> DeploymentReco
     }
 }
 
-/// After a batch, the kernel must hold exactly what was planned.
+/// After a batch, the kernel must hold exactly what was planned (the namespaces the plan
+/// changed are read again; see [`reconcile::read_back`]).
 fn read_back(
     host: &Netns,
     net: &Network,
     rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
+    observed: plan::Observed,
+    plan: &plan::Plan,
 ) -> Result<(), Error> {
-    let left = reconcile::plan_apply(host, net, rt, desired, &record_for(desired, record))?;
+    let record = record_for(desired, record);
+    let left = reconcile::read_back(host, net, rt, desired, &record, observed, plan)?;
     if left.is_empty() {
         Ok(())
     } else {
@@ -302,14 +327,16 @@ fn save_resolved(
     state: &StateDir,
     d: &Deployment,
     resolved: &Resolved,
-    reservations: &Reservations,
+    unsaved: Option<&Reservations>,
     record: DeploymentRecord,
     args: &DeployArgs,
     desired: &Desired,
 ) -> Result<(), Error> {
     let mut record = record_for(desired, &record);
     record.source = std::fs::canonicalize(&args.file).ok().or(record.source);
-    state.save_reservations(reservations)?;
+    if let Some(reservations) = unsaved {
+        state.save_reservations(reservations)?;
+    }
     state.save_resolved(&d.name, &geard::output_file(d, resolved))?;
     state.save_record(&record)?;
     Ok(())
@@ -326,12 +353,20 @@ fn print_plan(output: Output, plan: &plan::Plan, net: &Network, resolved: &Resol
             println!("deployment {}: in sync; nothing to change", plan.deployment);
         }
         Output::Text => {
-            println!("deployment {}: plan", plan.deployment);
-            for line in report::plan_lines(plan, &net.bridge) {
-                println!("{line}");
-            }
+            print!("{}", plan_text(&plan.deployment, "plan", plan, net));
         }
     }
+}
+
+/// A plan under its heading, as one string: stdout is line-buffered, and a plan of 10,000
+/// mappings printed line by line costs 10,000 write calls.
+fn plan_text(deployment: &str, heading: &str, plan: &plan::Plan, net: &Network) -> String {
+    let mut text = format!("deployment {deployment}: {heading}\n");
+    for line in report::plan_lines(plan, &net.bridge) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
 pub fn diff(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
@@ -379,7 +414,9 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         .count();
     let host = Netns::current()?;
     let rt = runtime_named(&record.runtime)?;
-    let observed = reconcile::observe(&host, &net, &rt, None, &record.instances)?;
+    let observed = timed("observe", || {
+        reconcile::observe(&host, &net, &rt, None, &record.instances)
+    })?;
     let created: BTreeSet<String> = if args.keep_containers && rt.docker().is_some() {
         BTreeSet::new()
     } else {
@@ -394,14 +431,13 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         },
         others == 0,
     );
-    println!("deployment {name}: down");
-    for line in report::plan_lines(&plan, &net.bridge) {
-        println!("{line}");
-    }
+    print!("{}", plan_text(&name, "down", &plan, &net));
     reconcile::execute(&host, &net, &rt, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
         firewall_undo(&net)?;
-        crate::runtime::remove_bridge(&host, &net)?;
+        timed("unwire bridge", || {
+            crate::runtime::remove_bridge(&host, &net)
+        })?;
     }
     let mut reservations = state.reservations()?;
     reservations.release(&name);

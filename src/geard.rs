@@ -1,124 +1,187 @@
 //! geard's output form of a deployment: the file as given plus `Instances`, each with its
 //! resolved host ports and link targets. gearnat keeps one per applied deployment in its state
 //! directory; it is itself a valid deployment file.
+//!
+//! Typed and borrowed rather than built as a `serde_json::Value`: at 10,000 public ports a tree
+//! of maps took about 20 ms to build, write and free on every apply. Fields are declared in
+//! sorted order, the order the file had when it was a JSON map, so files stay byte for byte the
+//! same.
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::model::{Deployment, Proto};
-use crate::resolve::Resolved;
+use crate::model::{Container, Deployment, Link, Proto, PublicPort};
+use crate::resolve::{Instance, Mapping, Resolved};
 
-pub fn output_file(d: &Deployment, resolved: &Resolved) -> Value {
-    let containers: Vec<Value> = d
-        .containers
-        .iter()
-        .map(|c| {
-            let mut o = Map::new();
-            o.insert("Name".into(), json!(c.name));
-            if let Some(image) = &c.image {
-                o.insert("Image".into(), json!(image));
-            }
-            o.insert("Count".into(), json!(c.count));
-            let ports: Vec<Value> = c
-                .public_ports
-                .iter()
-                .map(|p| {
-                    let mut o = Map::new();
-                    o.insert("Internal".into(), json!(p.internal));
-                    if let Some(e) = p.external {
-                        o.insert("External".into(), json!(e));
-                    }
-                    if p.proto != Proto::Tcp {
-                        o.insert("Protocol".into(), json!(p.proto));
-                    }
-                    Value::Object(o)
-                })
-                .collect();
-            if !ports.is_empty() {
-                o.insert("PublicPorts".into(), Value::Array(ports));
-            }
-            let links: Vec<Value> = c
-                .links
-                .iter()
-                .map(|l| {
-                    let mut o = Map::new();
-                    o.insert("To".into(), json!(l.to));
-                    if l.non_local {
-                        o.insert("NonLocal".into(), json!(true));
-                    }
-                    if l.match_port {
-                        o.insert("MatchPort".into(), json!(true));
-                    }
-                    if !l.ports.is_empty() {
-                        o.insert("Ports".into(), json!(l.ports));
-                    }
-                    if !l.alias_ports.is_empty() {
-                        let alias: Vec<Value> = l
-                            .alias_ports
-                            .iter()
-                            .map(|(i, e)| json!({"Internal": i, "External": e}))
-                            .collect();
-                        o.insert("AliasPorts".into(), Value::Array(alias));
-                    }
-                    Value::Object(o)
-                })
-                .collect();
-            if !links.is_empty() {
-                o.insert("Links".into(), Value::Array(links));
-            }
-            if !c.environment.is_empty() {
-                let env: Vec<Value> = c
-                    .environment
-                    .iter()
-                    .map(|e| json!({"Name": e.name, "Value": e.value}))
-                    .collect();
-                o.insert("Environment".into(), Value::Array(env));
-            }
-            Value::Object(o)
-        })
-        .collect();
-    let mut top = Map::new();
-    if !d.id_prefix.is_empty() {
-        top.insert("IdPrefix".into(), json!(d.id_prefix));
+/// A deployment in geard's output form, ready to serialize.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OutputFile<'a> {
+    containers: Vec<OutContainer<'a>>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id_prefix: &'a str,
+    instances: Vec<OutInstance<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct OutContainer<'a> {
+    count: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    environment: Vec<NameValue<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    links: Vec<OutLink<'a>>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    public_ports: Vec<OutPublicPort>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NameValue<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct OutPublicPort {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external: Option<u16>,
+    internal: u16,
+    #[serde(skip_serializing_if = "is_tcp")]
+    protocol: Proto,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct OutLink<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    alias_ports: Vec<AliasPort>,
+    #[serde(skip_serializing_if = "is_false")]
+    match_port: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    non_local: bool,
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    ports: &'a [u16],
+    to: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AliasPort {
+    external: u16,
+    internal: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct OutInstance<'a> {
+    from: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    ports: Vec<OutMapping>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct OutMapping {
+    external: u16,
+    internal: u16,
+    #[serde(skip_serializing_if = "is_tcp")]
+    protocol: Proto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<Target>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Target {
+    host: String,
+    port: u16,
+}
+
+fn is_tcp(proto: &Proto) -> bool {
+    *proto == Proto::Tcp
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+pub fn output_file<'a>(d: &'a Deployment, resolved: &'a Resolved) -> OutputFile<'a> {
+    OutputFile {
+        containers: d.containers.iter().map(container).collect(),
+        id_prefix: &d.id_prefix,
+        instances: resolved.instances.iter().map(instance).collect(),
     }
-    top.insert("Containers".into(), Value::Array(containers));
-    top.insert("Instances".into(), output_file_instances(resolved));
-    Value::Object(top)
+}
+
+fn container(c: &Container) -> OutContainer<'_> {
+    OutContainer {
+        count: c.count,
+        environment: (c.environment.iter())
+            .map(|e| NameValue {
+                name: &e.name,
+                value: &e.value,
+            })
+            .collect(),
+        image: c.image.as_deref(),
+        links: c.links.iter().map(link).collect(),
+        name: &c.name,
+        public_ports: c.public_ports.iter().map(public_port).collect(),
+    }
+}
+
+fn public_port(p: &PublicPort) -> OutPublicPort {
+    OutPublicPort {
+        external: p.external,
+        internal: p.internal,
+        protocol: p.proto,
+    }
+}
+
+fn link(l: &Link) -> OutLink<'_> {
+    OutLink {
+        alias_ports: (l.alias_ports.iter())
+            .map(|(internal, external)| AliasPort {
+                external: *external,
+                internal: *internal,
+            })
+            .collect(),
+        match_port: l.match_port,
+        non_local: l.non_local,
+        ports: &l.ports,
+        to: &l.to,
+    }
+}
+
+fn instance(i: &Instance) -> OutInstance<'_> {
+    OutInstance {
+        from: &i.container,
+        id: &i.id,
+        image: i.image.as_deref(),
+        ports: i.mappings.iter().map(mapping).collect(),
+    }
+}
+
+fn mapping(m: &Mapping) -> OutMapping {
+    OutMapping {
+        external: m.host_port,
+        internal: m.internal,
+        protocol: m.proto,
+        target: m.target.map(|t| Target {
+            host: t.ip().to_string(),
+            port: t.port(),
+        }),
+    }
 }
 
 /// geard's `Instances`: each instance with its ports, host ports and link targets.
 pub fn output_file_instances(resolved: &Resolved) -> Value {
-    let instances: Vec<Value> = resolved
-        .instances
-        .iter()
-        .map(|i| {
-            let ports: Vec<Value> = i
-                .mappings
-                .iter()
-                .map(|m| {
-                    let mut o = Map::new();
-                    o.insert("Internal".into(), json!(m.internal));
-                    o.insert("External".into(), json!(m.host_port));
-                    if m.proto != Proto::Tcp {
-                        o.insert("Protocol".into(), json!(m.proto));
-                    }
-                    if let Some(t) = m.target {
-                        o.insert(
-                            "Target".into(),
-                            json!({"Host": t.ip().to_string(), "Port": t.port()}),
-                        );
-                    }
-                    Value::Object(o)
-                })
-                .collect();
-            let mut o = Map::new();
-            o.insert("Id".into(), json!(i.id));
-            if let Some(image) = &i.image {
-                o.insert("Image".into(), json!(image));
-            }
-            o.insert("From".into(), json!(i.container));
-            o.insert("Ports".into(), Value::Array(ports));
-            Value::Object(o)
-        })
-        .collect();
-    Value::Array(instances)
+    let instances: Vec<OutInstance> = resolved.instances.iter().map(instance).collect();
+    serde_json::to_value(instances).unwrap_or(Value::Null)
 }

@@ -20,6 +20,7 @@ pub mod resolve;
 pub mod ruleset;
 pub mod runtime;
 pub mod state;
+pub mod timing;
 pub mod watch;
 
 pub use error::Error;

@@ -198,14 +198,13 @@ fn assign_host_ports(
     cx: &Context,
     reservations: &mut Reservations,
 ) -> Result<BTreeMap<PortKey, u16>, ResolveError> {
-    let previous: BTreeMap<String, PortHolder> = reservations
-        .ports
-        .iter()
-        .filter(|(_, h)| h.deployment == d.name)
-        .map(|(k, h)| (k.clone(), h.clone()))
-        .collect();
-    reservations.release_ports(&d.name);
-
+    // Looked up per public port: a geard output file pins every one of them. The first pin of
+    // a port counts.
+    let mut pinned: BTreeMap<(usize, u32, u16, Proto), u16> = BTreeMap::new();
+    for pp in &d.pinned {
+        let at = (pp.instance.container, pp.instance.n, pp.internal, pp.proto);
+        pinned.entry(at).or_insert(pp.external);
+    }
     let mut fixed: Vec<(PortKey, u16)> = Vec::new();
     let mut open: Vec<PortKey> = Vec::new();
     for (ci, c) in d.containers.iter().enumerate() {
@@ -213,13 +212,8 @@ fn assign_host_ports(
             let id = d.instance_id(c, n);
             for p in &c.public_ports {
                 let key = (id.clone(), p.proto, p.internal);
-                let pinned = d.pinned.iter().find(|pp| {
-                    pp.instance.container == ci
-                        && pp.instance.n == n
-                        && pp.internal == p.internal
-                        && pp.proto == p.proto
-                });
-                match p.external.or(pinned.map(|pp| pp.external)) {
+                let pinned = pinned.get(&(ci, n, p.internal, p.proto)).copied();
+                match p.external.or(pinned) {
                     Some(port) => fixed.push((key, port)),
                     None => open.push(key),
                 }
@@ -227,29 +221,40 @@ fn assign_host_ports(
         }
     }
 
+    // What each open port held before: only open ports look, so a file of explicit ports
+    // (10,000 of them) copies nothing.
+    let previous: BTreeMap<String, PortHolder> = if open.is_empty() {
+        BTreeMap::new()
+    } else {
+        (reservations.ports.iter())
+            .filter(|(_, h)| h.deployment == d.name)
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect()
+    };
+    reservations.release_ports(&d.name);
+
     let mut out = BTreeMap::new();
-    let mut hold = |reservations: &mut Reservations, key: &PortKey, port: u16| {
+    let mut hold = |reservations: &mut Reservations, key: &PortKey, port_key: String, port| {
         let holder = PortHolder {
             deployment: d.name.clone(),
             instance: key.0.clone(),
             internal: key.2,
         };
-        reservations
-            .ports
-            .insert(Reservations::port_key(key.1, port), holder);
+        reservations.ports.insert(port_key, holder);
         out.insert(key.clone(), port);
     };
-    for (key, port) in &fixed {
-        if let Some(h) = reservations.port_holder(key.1, *port) {
+    for (key, port) in fixed {
+        let port_key = Reservations::port_key(key.1, port);
+        if let Some(h) = reservations.ports.get(&port_key) {
             return Err(ResolveError::PortHeld {
                 proto: key.1,
-                port: *port,
+                port,
                 instance: key.0.clone(),
                 holder: h.deployment.clone(),
                 holder_instance: h.instance.clone(),
             });
         }
-        hold(reservations, key, *port);
+        hold(reservations, &key, port_key, port);
     }
     // Keep what each open port held before, unless an explicit port took it meanwhile.
     let mut still_open = Vec::new();
@@ -259,7 +264,12 @@ fn assign_host_ports(
             (h.instance == key.0 && h.internal == key.2 && proto == key.1).then_some(port)
         });
         match kept.filter(|port| reservations.port_holder(key.1, *port).is_none()) {
-            Some(port) => hold(reservations, &key, port),
+            Some(port) => hold(
+                reservations,
+                &key,
+                Reservations::port_key(key.1, port),
+                port,
+            ),
             None => still_open.push(key),
         }
     }
@@ -271,7 +281,12 @@ fn assign_host_ports(
                     && !cx.listening.contains(&(key.1, *p))
             })
             .ok_or(ResolveError::PortsExhausted)?;
-        hold(reservations, &key, port);
+        hold(
+            reservations,
+            &key,
+            Reservations::port_key(key.1, port),
+            port,
+        );
     }
     Ok(out)
 }

@@ -204,7 +204,7 @@ impl StateDir {
         write_json(&self.record_path(&record.name), record)
     }
 
-    pub fn save_resolved(&self, name: &str, value: &serde_json::Value) -> Result<(), StateError> {
+    pub fn save_resolved(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
         write_json(&self.resolved_path(name), value)
     }
 
@@ -261,7 +261,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
 
 /// Writes `value` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
 /// the directory (rename(2) is atomic within a file system; the directory fsync makes the
-/// rename itself durable).
+/// rename itself durable). A file that already holds exactly these bytes is left alone.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let err = |source: io::Error| StateError::Write {
         path: path.to_path_buf(),
@@ -269,6 +269,11 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     };
     let mut text = serde_json::to_vec_pretty(value).map_err(|e| err(io::Error::other(e)))?;
     text.push(b'\n');
+    // Unchanged content (an unchanged re-apply) is not written again: reading it back costs
+    // far less than the two fsyncs.
+    if fs::read(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
     let tmp = path.with_extension("tmp");
     let mut file = OpenOptions::new()
         .create(true)

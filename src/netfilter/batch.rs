@@ -17,6 +17,7 @@ use super::sys::{self, ElementBytes, MsgBuf, Socket};
 use super::udata;
 use super::{describe, Error, KernelError};
 use crate::ruleset::{Element, TableChange, TABLE};
+use crate::timing::timed;
 
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
@@ -42,10 +43,11 @@ pub fn commit(change: &TableChange) -> Result<(), Error> {
     if change.is_empty() {
         return Ok(());
     }
-    let batch = Batch::build(change)?;
+    let batch = timed("build batch", || Batch::build(change))?;
     let socket = Socket::open().map_err(Error::Socket)?;
-    batch.send(&socket)?;
-    let answers = batch.collect_answers(&socket)?;
+    // nfnetlink runs the whole transaction, commit included, inside this sendmsg.
+    timed("send batch (kernel commit)", || batch.send(&socket))?;
+    let answers = timed("read answers", || batch.collect_answers(&socket))?;
     batch.check(&answers)
 }
 
