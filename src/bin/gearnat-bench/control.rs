@@ -91,6 +91,8 @@ fn gearnat_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'s
     topo::add_ns(&host);
     let run = |args: &[&Path]| -> Finished {
         let mut cmd = Command::new(gearnat);
+        // Instances are network namespaces, whether or not a Docker daemon answers.
+        cmd.env("GEARNAT_RUNTIME", "netns");
         cmd.arg("-vv").arg("--state-dir").arg(&state);
         cmd.args(args);
         let out = topo::run_in(&host, cmd, None);

@@ -91,6 +91,8 @@ impl Setup {
         let file = dir.join("bench.json");
         fs::write(&file, deployment(&id_prefix, n, 0)).expect("writing a deployment");
         let mut cmd = Command::new(gearnat);
+        // Instances are network namespaces, whether or not a Docker daemon answers.
+        cmd.env("GEARNAT_RUNTIME", "netns");
         cmd.arg("--state-dir").arg(dir.join("state"));
         cmd.arg("apply").arg(&file);
         let out = topo::run_in(&host, cmd, None);
@@ -128,6 +130,8 @@ impl Setup {
         let text = deployment(&self.id_prefix, self.n, ports);
         fs::write(&file, text).expect("writing a deployment");
         let mut cmd = Command::new(gearnat);
+        // Instances are network namespaces, whether or not a Docker daemon answers.
+        cmd.env("GEARNAT_RUNTIME", "netns");
         cmd.arg("--state-dir")
             .arg(self.dir.join("state"))
             .arg("apply")
