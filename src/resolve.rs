@@ -2,7 +2,7 @@
 //! addresses, host ports and link targets. Pure: the caller passes in the reservations and the
 //! ports local sockets listen on, and saves what comes out.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
@@ -198,13 +198,26 @@ fn assign_host_ports(
     cx: &Context,
     reservations: &mut Reservations,
 ) -> Result<BTreeMap<PortKey, u16>, ResolveError> {
-    let previous: BTreeMap<String, PortHolder> = reservations
+    // What each of this deployment's public ports held before. Maps, not scans: a deployment
+    // can have MAX_MAPPINGS of them.
+    let previous: HashMap<PortKey, u16> = reservations
         .ports
         .iter()
         .filter(|(_, h)| h.deployment == d.name)
-        .map(|(k, h)| (k.clone(), h.clone()))
+        .filter_map(|(k, h)| {
+            let (proto, port) = parse_port_key(k)?;
+            Some(((h.instance.clone(), proto, h.internal), port))
+        })
         .collect();
     reservations.release_ports(&d.name);
+    let pinned: HashMap<(usize, u32, Proto, u16), u16> = d
+        .pinned
+        .iter()
+        .map(|pp| {
+            let key = (pp.instance.container, pp.instance.n, pp.proto, pp.internal);
+            (key, pp.external)
+        })
+        .collect();
 
     let mut fixed: Vec<(PortKey, u16)> = Vec::new();
     let mut open: Vec<PortKey> = Vec::new();
@@ -213,13 +226,8 @@ fn assign_host_ports(
             let id = d.instance_id(c, n);
             for p in &c.public_ports {
                 let key = (id.clone(), p.proto, p.internal);
-                let pinned = d.pinned.iter().find(|pp| {
-                    pp.instance.container == ci
-                        && pp.instance.n == n
-                        && pp.internal == p.internal
-                        && pp.proto == p.proto
-                });
-                match p.external.or(pinned.map(|pp| pp.external)) {
+                let pinned = pinned.get(&(ci, n, p.proto, p.internal)).copied();
+                match p.external.or(pinned) {
                     Some(port) => fixed.push((key, port)),
                     None => open.push(key),
                 }
@@ -254,23 +262,24 @@ fn assign_host_ports(
     // Keep what each open port held before, unless an explicit port took it meanwhile.
     let mut still_open = Vec::new();
     for key in open {
-        let kept = previous.iter().find_map(|(k, h)| {
-            let (proto, port) = parse_port_key(k)?;
-            (h.instance == key.0 && h.internal == key.2 && proto == key.1).then_some(port)
-        });
+        let kept = previous.get(&key).copied();
         match kept.filter(|port| reservations.port_holder(key.1, *port).is_none()) {
             Some(port) => hold(reservations, &key, port),
             None => still_open.push(key),
         }
     }
+    // Ports are only ever taken here, so the search for the lowest free one goes on from
+    // where the last one ended (one cursor per protocol), not from the start each time.
+    let mut cursor: HashMap<Proto, u16> = HashMap::new();
     for key in still_open {
-        let port = HOST_PORTS
-            .clone()
+        let from = cursor.get(&key.1).copied().unwrap_or(*HOST_PORTS.start());
+        let port = (from..=*HOST_PORTS.end())
             .find(|p| {
                 reservations.port_holder(key.1, *p).is_none()
                     && !cx.listening.contains(&(key.1, *p))
             })
             .ok_or(ResolveError::PortsExhausted)?;
+        cursor.insert(key.1, port);
         hold(reservations, &key, port);
     }
     Ok(out)

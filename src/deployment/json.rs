@@ -6,9 +6,10 @@
 //! no extensions (no comments, no trailing commas), and three limits that keep a hostile file
 //! cheap: [`MAX_DEPTH`], [`MAX_STRING_BYTES`] and the file size limit checked by the caller.
 
+use std::collections::HashMap;
 use std::fmt;
 
-use super::Problem;
+use super::{Problem, Shown, ShownBare};
 
 /// Deepest nesting of arrays and objects accepted. A deployment file needs 5 levels (top,
 /// Instances, an instance, its Ports, a Target); the limit keeps recursion bounded.
@@ -315,8 +316,9 @@ impl Reader<'_> {
     fn object(&mut self) -> Parsed<Value> {
         self.bump(); // {
         let mut members: Vec<Member> = Vec::new();
-        // Folded key -> position of its first occurrence.
-        let mut seen: Vec<(String, Pos)> = Vec::new();
+        // Folded key -> position of its first occurrence. A map, not a list: a hostile object
+        // can have hundreds of thousands of keys.
+        let mut seen: HashMap<String, Pos> = HashMap::new();
         self.skip_space()?;
         if self.peek() == Some(b'}') {
             self.bump();
@@ -346,7 +348,8 @@ impl Reader<'_> {
                     return Err(self.error(
                         self.pos(),
                         format!(
-                            "expected `:` after the key \"{key}\", found {}",
+                            "expected `:` after the key {}, found {}",
+                            Shown(&key),
                             self.found()
                         ),
                     ))
@@ -357,17 +360,19 @@ impl Reader<'_> {
             let folded = fold_key(&key);
             // Go's encoding/json keeps the last of two equal keys without a word; a duplicate
             // is almost always an edit gone wrong, so it is refused.
-            match seen.iter().find(|(k, _)| *k == folded) {
-                Some((_, first)) => self.problems.push(self.error(
+            match seen.get(&folded) {
+                Some(first) => self.problems.push(self.error(
                     key_pos,
                     format!(
-                        "duplicate key \"{key}\" (keys match regardless of case; the first is at \
+                        "duplicate key {} (keys match regardless of case; the first is at \
                          line {}, column {}); remove one of them",
-                        first.line, first.col
+                        Shown(&key),
+                        first.line,
+                        first.col
                     ),
                 )),
                 None => {
-                    seen.push((folded, key_pos));
+                    seen.insert(folded, key_pos);
                     members.push(Member {
                         key,
                         key_pos,
@@ -552,7 +557,8 @@ impl Reader<'_> {
             r.error(
                 pos,
                 format!(
-                    "invalid number `{text}`; write numbers like 80, -1 or 1.5 (no leading zeros)"
+                    "invalid number `{}`; write numbers like 80, -1 or 1.5 (no leading zeros)",
+                    ShownBare(text)
                 ),
             )
         };
@@ -600,7 +606,10 @@ impl Reader<'_> {
                     }
                     _ => "strings must be in double quotes; JSON's literals are true, false, null",
                 };
-                Err(self.error(pos, format!("unexpected word `{word}`; {hint}")))
+                Err(self.error(
+                    pos,
+                    format!("unexpected word `{}`; {hint}", ShownBare(word)),
+                ))
             }
         }
     }

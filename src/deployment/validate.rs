@@ -5,14 +5,14 @@
 //! containers (names, counts, public ports, host port claims), the links, the environment and
 //! last the `Instances` of a geard output file, which pin host ports geard already gave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::json::Pos;
 use super::raw::{
-    edit_distance, RawAliasPort, RawContainer, RawDeployment, RawInstance, RawLink, RawPublicPort,
+    closest, RawAliasPort, RawContainer, RawDeployment, RawInstance, RawLink, RawPublicPort,
     Spanned,
 };
-use super::{Problem, MAX_COUNT, MAX_LINK_ENTRIES, MAX_MAPPINGS};
+use super::{Problem, Shown, ShownBare, MAX_COUNT, MAX_LINK_ENTRIES, MAX_MAPPINGS};
 use crate::model::{
     Container, Deployment, EnvVar, InstanceNumber, Link, PinnedPort, Proto, PublicPort,
 };
@@ -30,7 +30,8 @@ const PORT_RANGE: &str = "use 1..65535";
 
 pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Problem>> {
     let mut v = Validator::default();
-    v.limits(raw);
+    let by_name = container_index(raw);
+    v.limits(raw, &by_name);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
@@ -50,9 +51,9 @@ pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Pro
             v.problem(
                 prefix.pos,
                 format!(
-                    "IdPrefix {:?} contains {}, which geard's instance ids may not contain \
+                    "IdPrefix {} contains {}, which geard's instance ids may not contain \
                      ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
-                    prefix.value,
+                    Shown(&prefix.value),
                     quote_char(c)
                 ),
             );
@@ -68,7 +69,7 @@ pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Pro
         let links = c
             .links
             .iter()
-            .map(|l| v.link(raw, &containers, i, l))
+            .map(|l| v.link(&by_name, &containers, i, l))
             .collect::<Vec<_>>();
         containers[i].links = links.into_iter().flatten().collect();
         v.duplicate_links(c);
@@ -102,7 +103,7 @@ impl Validator {
 
     /// [`MAX_COUNT`], [`MAX_MAPPINGS`] and [`MAX_LINK_ENTRIES`]; the limits on array lengths
     /// were checked while building the raw file.
-    fn limits(&mut self, raw: &RawDeployment) {
+    fn limits(&mut self, raw: &RawDeployment, by_name: &HashMap<&str, usize>) {
         let count = |c: &RawContainer| c.count.as_ref().map_or(0, |n| n.value.clamp(0, i64::MAX));
         let mut mappings: u64 = 0;
         for c in &raw.containers {
@@ -137,7 +138,8 @@ impl Validator {
         for c in &raw.containers {
             for l in &c.links {
                 let to = l.to.as_ref().map(|t| t.value.as_str());
-                let Some(target) = raw.containers.iter().find(|t| name_of(t) == to) else {
+                let Some(target) = to.and_then(|t| by_name.get(t)).map(|&i| &raw.containers[i])
+                else {
                     continue;
                 };
                 let linked = if l.ports.is_empty() && l.alias_ports.is_empty() {
@@ -212,10 +214,10 @@ impl Validator {
             self.problem(
                 name.pos,
                 format!(
-                    "container name {:?} contains {}{slash}; instance ids (IdPrefix + Name + \"-\" \
+                    "container name {} contains {}{slash}; instance ids (IdPrefix + Name + \"-\" \
                      + N) must match geard's rule {ID_RULE}: use letters, digits, \"_\", \"-\" \
                      and \".\"",
-                    name.value,
+                    Shown(&name.value),
                     quote_char(c)
                 ),
             );
@@ -232,8 +234,9 @@ impl Validator {
             self.problem(
                 name.pos,
                 format!(
-                    "instance id {first:?} has {} characters, fewer than {ID_MIN} (geard's rule \
+                    "instance id {} has {} characters, fewer than {ID_MIN} (geard's rule \
                      {ID_RULE}); use a longer Name{and_prefix}",
+                    Shown(&first),
                     first.len()
                 ),
             );
@@ -241,8 +244,9 @@ impl Validator {
             self.problem(
                 name.pos,
                 format!(
-                    "instance id {last:?} has {} characters, more than {ID_MAX} (geard's rule \
+                    "instance id {} has {} characters, more than {ID_MAX} (geard's rule \
                      {ID_RULE}); shorten the Name{and_prefix} by {}",
+                    Shown(&last),
                     last.len(),
                     last.len() - ID_MAX
                 ),
@@ -260,9 +264,10 @@ impl Validator {
                 Some(p) => self.problem(
                     n.pos,
                     format!(
-                        "a second container named {:?} (the first is at line {}); rename one of \
+                        "a second container named {} (the first is at line {}); rename one of \
                          them",
-                        n.value, p.line
+                        Shown(&n.value),
+                        p.line
                     ),
                 ),
                 None => {
@@ -346,7 +351,10 @@ impl Validator {
             _ => {
                 self.problem(
                     p.pos,
-                    format!("unknown Protocol {:?}; use \"tcp\" or \"udp\"", p.value),
+                    format!(
+                        "unknown Protocol {}; use \"tcp\" or \"udp\"",
+                        Shown(&p.value)
+                    ),
                 );
                 None
             }
@@ -359,12 +367,13 @@ impl Validator {
                 pos,
                 format!(
                     "External {external} would be the host port of all {count} instances of \
-                     {name:?}, but a host port reaches one instance; leave External out (the \
-                     host picks one per instance) or set Count to 1"
+                     {}, but a host port reaches one instance; leave External out (the \
+                     host picks one per instance) or set Count to 1",
+                    Shown(name)
                 ),
             );
         }
-        self.claim(external, proto, format!("container {name:?}"), pos);
+        self.claim(external, proto, format!("container {}", Shown(name)), pos);
     }
 
     /// Records a claim on a host port, or reports the clash with an earlier one.
@@ -420,8 +429,9 @@ impl Validator {
                 self.problem(
                     v.pos,
                     format!(
-                        "the value of {name} has {} bytes, more than geard's limit of \
+                        "the value of {} has {} bytes, more than geard's limit of \
                          {ENV_VALUE_MAX} (8 KiB); shorten it",
+                        ShownBare(&name),
                         v.value.len()
                     ),
                 );
@@ -434,7 +444,7 @@ impl Validator {
 
     fn link(
         &mut self,
-        raw: &RawDeployment,
+        by_name: &HashMap<&str, usize>,
         containers: &[Container],
         source: usize,
         l: &RawLink,
@@ -443,11 +453,7 @@ impl Validator {
             // Reported with the raw file.
             return None;
         };
-        let Some(target) = raw
-            .containers
-            .iter()
-            .position(|c| name_of(c) == Some(to.value.as_str()))
-        else {
+        let Some(&target) = by_name.get(to.value.as_str()) else {
             let message = unknown_container(&to.value, containers);
             self.problem(to.pos, message);
             return None;
@@ -456,7 +462,7 @@ impl Validator {
         if target == source {
             self.problem(
                 to.pos,
-                format!("a link from {:?} to itself; remove the link", t.name),
+                format!("a link from {} to itself; remove the link", Shown(&t.name)),
             );
             return None;
         }
@@ -464,9 +470,9 @@ impl Validator {
             self.problem(
                 to.pos,
                 format!(
-                    "link to {:?}, which has Count 0: nothing to link to; raise its count or \
+                    "link to {}, which has Count 0: nothing to link to; raise its count or \
                      remove the link",
-                    t.name
+                    Shown(&t.name)
                 ),
             );
             return None;
@@ -475,18 +481,21 @@ impl Validator {
             self.problem(
                 to.pos,
                 format!(
-                    "link to {:?}, which has no public ports; add PublicPorts to {:?} or remove \
-                     the link",
-                    t.name, t.name
+                    "link to {name}, which has no public ports; add PublicPorts to {name} or \
+                     remove the link",
+                    name = Shown(&t.name)
                 ),
             );
             return None;
         }
+        // Sets beside the lists: a hostile link can name hundreds of thousands of ports.
+        let published: HashSet<u16> = t.public_ports.iter().map(|p| p.internal).collect();
         let mut ports: Vec<u16> = Vec::new();
+        let mut listed: HashSet<u16> = HashSet::new();
         let mut ok = true;
         for p in &l.ports {
-            match self.linked_port(p, t, "in Ports") {
-                Some(port) if ports.contains(&port) => {
+            match self.linked_port(p, t, &published, "in Ports") {
+                Some(port) if !listed.insert(port) => {
                     self.problem(p.pos, format!("port {port} is listed twice; remove one"));
                 }
                 Some(port) => ports.push(port),
@@ -494,9 +503,9 @@ impl Validator {
             }
         }
         let mut alias_ports: Vec<(u16, u16)> = Vec::new();
-        let mut aliased: Vec<u16> = Vec::new();
+        let mut aliased: HashSet<u16> = HashSet::new();
         for a in &l.alias_ports {
-            match self.alias_port(a, t) {
+            match self.alias_port(a, t, &published) {
                 Some((internal, _)) if aliased.contains(&internal) => {
                     self.problem(
                         a.pos,
@@ -504,9 +513,9 @@ impl Validator {
                     );
                 }
                 Some((internal, dial)) => {
-                    aliased.push(internal);
+                    aliased.insert(internal);
                     // geard links a port named only in AliasPorts as well (links.go).
-                    if !ports.contains(&internal) {
+                    if listed.insert(internal) {
                         ports.push(internal);
                     }
                     if let Some(dial) = dial {
@@ -526,22 +535,32 @@ impl Validator {
     }
 
     /// A port the link names: in range and one of the target's public ports (any protocol).
-    fn linked_port(&mut self, p: &Spanned<i64>, target: &Container, what: &str) -> Option<u16> {
+    fn linked_port(
+        &mut self,
+        p: &Spanned<i64>,
+        target: &Container,
+        published: &HashSet<u16>,
+        what: &str,
+    ) -> Option<u16> {
         let port = self.port(p, PORT_RANGE)?;
-        if target.public_ports.iter().any(|pp| pp.internal == port) {
+        if published.contains(&port) {
             return Some(port);
         }
-        let published: Vec<String> = target
+        let mut published: Vec<String> = target
             .public_ports
             .iter()
+            .take(10)
             .map(|pp| pp.internal.to_string())
             .collect();
+        if target.public_ports.len() > 10 {
+            published.push("...".to_string());
+        }
         self.problem(
             p.pos,
             format!(
-                "port {port} {what} is not a public port of {:?} (it publishes {}); use one of \
+                "port {port} {what} is not a public port of {} (it publishes {}); use one of \
                  those, or add {port} to its PublicPorts",
-                target.name,
+                Shown(&target.name),
                 published.join(", ")
             ),
         );
@@ -549,12 +568,17 @@ impl Validator {
     }
 
     /// An alias: (the target's internal port, the port the source dials if not the same).
-    fn alias_port(&mut self, a: &RawAliasPort, target: &Container) -> Option<(u16, Option<u16>)> {
+    fn alias_port(
+        &mut self,
+        a: &RawAliasPort,
+        target: &Container,
+        published: &HashSet<u16>,
+    ) -> Option<(u16, Option<u16>)> {
         let Some(internal) = &a.internal else {
             // Reported with the raw file.
             return None;
         };
-        let internal = self.linked_port(internal, target, "in AliasPorts");
+        let internal = self.linked_port(internal, target, published, "in AliasPorts");
         let dial = match &a.external {
             Some(e) if e.value != 0 => Some(self.port(
                 e,
@@ -572,9 +596,10 @@ impl Validator {
                 Some(p) => self.problem(
                     to.pos,
                     format!(
-                        "a second link to {:?} in this container (the first is at line {}); \
+                        "a second link to {} in this container (the first is at line {}); \
                          merge them into one link",
-                        to.value, p.line
+                        Shown(&to.value),
+                        p.line
                     ),
                 ),
                 None => {
@@ -608,9 +633,10 @@ impl Validator {
                 self.problem(
                     id.pos,
                     format!(
-                        "instance {:?} is listed twice in Instances (first at line {}); remove \
+                        "instance {} is listed twice in Instances (first at line {}); remove \
                          one of them",
-                        id.value, first.line
+                        Shown(&id.value),
+                        first.line
                     ),
                 );
                 continue;
@@ -619,16 +645,17 @@ impl Validator {
             let Some(instance) = instance_number(&id.value, prefix, &by_name, containers) else {
                 continue;
             };
-            let c = &containers[instance.container];
+            let picked_by_host: HashSet<(u16, Proto)> = containers[instance.container]
+                .public_ports
+                .iter()
+                .filter(|p| p.external.is_none())
+                .map(|p| (p.internal, p.proto))
+                .collect();
             for (internal, proto, external, pos) in ports {
-                let picked_by_host = c
-                    .public_ports
-                    .iter()
-                    .any(|p| p.internal == internal && p.proto == proto && p.external.is_none());
-                if !picked_by_host {
+                if !picked_by_host.contains(&(internal, proto)) {
                     continue;
                 }
-                let who = format!("instance {:?} in Instances", id.value);
+                let who = format!("instance {} in Instances", Shown(&id.value));
                 if self.claim(external, proto, who, pos) {
                     pinned.push(PinnedPort {
                         instance,
@@ -647,6 +674,7 @@ impl Validator {
     /// External). Checks every entry, whether or not the instance is still deployed.
     fn instance_ports(&mut self, inst: &RawInstance) -> Vec<(u16, Proto, u16, Pos)> {
         let mut out: Vec<(u16, Proto, u16, Pos)> = Vec::new();
+        let mut seen: HashSet<(u16, Proto)> = HashSet::new();
         for p in &inst.ports {
             let Some(internal) = &p.internal else {
                 // Reported with the raw file.
@@ -664,10 +692,7 @@ impl Validator {
             else {
                 continue;
             };
-            if out
-                .iter()
-                .any(|(i, pr, _, _)| *i == internal && *pr == proto)
-            {
+            if !seen.insert((internal, proto)) {
                 self.problem(
                     p.pos,
                     format!(
@@ -681,6 +706,17 @@ impl Validator {
         }
         out
     }
+}
+
+/// Each container name to the index of the first container with it.
+fn container_index(raw: &RawDeployment) -> HashMap<&str, usize> {
+    let mut out = HashMap::new();
+    for (i, c) in raw.containers.iter().enumerate() {
+        if let Some(name) = name_of(c) {
+            out.entry(name).or_insert(i);
+        }
+    }
+    out
 }
 
 fn name_of(c: &RawContainer) -> Option<&str> {
@@ -715,28 +751,26 @@ fn unknown_container(name: &str, containers: &[Container]) -> String {
         .map(|c| c.name.as_str())
         .filter(|n| !n.is_empty())
         .collect();
-    let lower = name.to_lowercase();
-    let closest = names
-        .iter()
-        .map(|n| (edit_distance(&lower, &n.to_lowercase()), *n))
-        .min_by_key(|(d, _)| *d)
-        .filter(|(d, n)| *d <= (n.chars().count() / 3).max(1));
-    match closest {
-        Some((_, n)) => format!("link to unknown container {name:?}; did you mean {n:?}?"),
+    let name = Shown(name);
+    match closest(name.0, names.iter().copied(), str::to_lowercase) {
+        Some(n) => format!(
+            "link to unknown container {name}; did you mean {}?",
+            Shown(n)
+        ),
         None if names.is_empty() => {
-            format!("link to unknown container {name:?}; the file has no containers to link to")
+            format!("link to unknown container {name}; the file has no containers to link to")
         }
         None => {
             let mut list = names
                 .iter()
                 .take(10)
-                .map(|n| format!("{n:?}"))
+                .map(|n| Shown(n).to_string())
                 .collect::<Vec<_>>();
             if names.len() > 10 {
                 list.push("...".to_string());
             }
             format!(
-                "link to unknown container {name:?}; use the Name of one of the containers ({})",
+                "link to unknown container {name}; use the Name of one of the containers ({})",
                 list.join(", ")
             )
         }

@@ -351,5 +351,8 @@ pub fn udp_request(
     .map_err(io::Error::other)?
 }
 mod nft;
+mod state;
 #[allow(unused_imports)]
 pub use nft::*;
+#[allow(unused_imports)]
+pub use state::*;
