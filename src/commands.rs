@@ -114,7 +114,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         return Ok(Status::Done);
     }
     print_plan(args.output.output, &plan, &net, &resolved);
-    let mut record = reconcile::intent(record, Some(&desired));
+    let mut record = reconcile::intent(record, Some(&desired), &plan);
     state.save_reservations(&reservations)?;
     state.save_record(&record)?;
     let started = Instant::now();

@@ -350,8 +350,11 @@ pub fn udp_request(
     })
     .map_err(io::Error::other)?
 }
+mod kernel;
 mod nft;
 mod state;
+#[allow(unused_imports)]
+pub use kernel::*;
 #[allow(unused_imports)]
 pub use nft::*;
 #[allow(unused_imports)]
