@@ -149,7 +149,7 @@ fn killed_applies_leave_whole_tables_and_converge() {
         fs::write(&file, large(&tag, version_b)).unwrap();
         let before = kernel(&host);
         let delay = Duration::from_micros(rng.below(duration.as_micros() as u64));
-        let mut child = spawn_gearnat(host.host_ns(), &state, &["apply", &path]);
+        let mut child = spawn_gearnat(host.host_ns(), &state, &["apply", &path], false);
         sleep(delay);
         let _ = child.kill();
         let status = child.wait().unwrap();

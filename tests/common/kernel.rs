@@ -24,16 +24,24 @@ pub fn table_in(ns: &str) -> Table {
     Some((table.comment, table.elements.into_iter().collect()))
 }
 
-/// Starts `gearnat --state-dir STATE ARGS...` in the named namespace, output discarded, and
-/// returns at once.
-pub fn spawn_gearnat(ns: &str, state_dir: &Path, args: &[&str]) -> Child {
+/// Starts `gearnat --state-dir STATE ARGS...` in the named namespace and returns at once. Its
+/// output is piped when `capture` (read it all, with `wait_with_output`), else discarded (for a
+/// run that is killed: a full pipe would stop it where it prints).
+pub fn spawn_gearnat(ns: &str, state_dir: &Path, args: &[&str], capture: bool) -> Child {
+    let output = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearnat"));
     cmd.arg("--state-dir")
         .arg(state_dir)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(output())
+        .stderr(output());
     let handle = Netns::open_named(ns).unwrap_or_else(|e| panic!("{e}"));
     netns::run_in(&handle, move || cmd.spawn())
         .unwrap_or_else(|e| panic!("{e}"))
