@@ -353,6 +353,16 @@ pub fn check_deployment_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
+    // deployments/<name>.json would be the record (<name>.state.json) of the deployment
+    // named without the suffix, and overwrite it.
+    if name.ends_with(".state") {
+        return Err(format!(
+            "the deployment name {} ends in \".state\", which would clash with the state file \
+             of the deployment {}",
+            Shown(name),
+            Shown(name.strip_suffix(".state").unwrap_or(name))
+        ));
+    }
     if name == "." || name == ".." {
         return Err(format!(
             "the deployment name {name:?} names a directory; {RULE}"

@@ -753,7 +753,17 @@ fn deployment_names() {
     for good in ["seed", "rockmongo_mongodb", "a.b-c_D9", &"x".repeat(64)] {
         assert_eq!(check_deployment_name(good), Ok(()), "{good}");
     }
-    for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(65), "a:b"] {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "a b",
+        "a/b",
+        "é",
+        &"x".repeat(65),
+        "a:b",
+        "a.state",
+    ] {
         assert!(check_deployment_name(bad).is_err(), "{bad}");
     }
 }
@@ -764,6 +774,10 @@ fn deployment_names() {
 fn bad_fixtures() {
     // A position where the problem is in the file's text; none where it is the path itself.
     let cases = [
+        (
+            "clashes.state.json",
+            " the deployment name \"clashes.state\" ends in \".state\"",
+        ),
         (
             "comment.json",
             "2:3: comments are not allowed in JSON; remove the comment",
