@@ -303,6 +303,10 @@ impl Reservations {
 fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, ResolveError> {
     let mut targets: BTreeMap<PortKey, SocketAddrV4> = BTreeMap::new();
     let mut taken: HashSet<(Proto, SocketAddrV4)> = HashSet::new();
+    // Where each sequence of candidates (one style, protocol and first address) goes on from:
+    // addresses are only ever taken, so the ones before the last found stay taken. Without it,
+    // a link to 10,000 instances tries 50 million addresses.
+    let mut cursors: HashMap<Sequence, u32> = HashMap::new();
     for source in &d.containers {
         for link in &source.links {
             let Some(target) = d.container(&link.to) else {
@@ -315,7 +319,7 @@ fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, Res
                     if targets.contains_key(&key) {
                         continue;
                     }
-                    let addr = free_target(link, port, &taken).ok_or_else(|| {
+                    let addr = free_target(link, port, &taken, &mut cursors).ok_or_else(|| {
                         ResolveError::TargetsExhausted {
                             source_container: source.name.clone(),
                             target: target.name.clone(),
@@ -330,10 +334,15 @@ fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, Res
     Ok(targets)
 }
 
+/// A sequence of candidate link targets: protocol, first address, and whether it counts the
+/// address (MatchPort) or the port up.
+type Sequence = (Proto, SocketAddrV4, bool);
+
 fn free_target(
     link: &Link,
     port: &PublicPort,
     taken: &HashSet<(Proto, SocketAddrV4)>,
+    cursors: &mut HashMap<Sequence, u32>,
 ) -> Option<SocketAddrV4> {
     let base_ip = if link.non_local {
         NON_LOCAL_TARGET
@@ -345,7 +354,13 @@ fn free_target(
         .iter()
         .find(|(internal, _)| *internal == port.internal)
         .map_or(port.internal, |(_, alias)| *alias);
-    (0u32..=65535)
+    let sequence = (
+        port.proto,
+        SocketAddrV4::new(base_ip, base_port),
+        link.match_port,
+    );
+    let from = cursors.get(&sequence).copied().unwrap_or(0);
+    let (step, addr) = (from..=65535)
         .map_while(|step| {
             if link.match_port {
                 let ip = u32::from(base_ip).checked_add(step)?;
@@ -357,8 +372,11 @@ fn free_target(
                 let p = u16::try_from(u32::from(base_port) + step).ok()?;
                 Some(SocketAddrV4::new(base_ip, p))
             }
+            .map(|a| (step, a))
         })
-        .find(|a| !taken.contains(&(port.proto, *a)))
+        .find(|(_, a)| !taken.contains(&(port.proto, *a)))?;
+    cursors.insert(sequence, step);
+    Some(addr)
 }
 
 fn net_mask(link: &Link) -> Ipv4Addr {

@@ -1,8 +1,9 @@
 //! A bounded fuzz run on the stable toolchain: the deployment fixtures, mutated at random, go
 //! through parsing, validation, resolution and planning (tests/fuzz/check.rs says what each
 //! must satisfy). The coverage-guided run is the cargo-fuzz target in tests/fuzz; this one runs
-//! with every `cargo test`. `GEARNAT_FUZZ_CASES` sets the number of cases (default 2,000) and
-//! `GEARNAT_TEST_SEED` the seed; a failing case is written to the temporary directory.
+//! with every `cargo test`. `GEARNAT_FUZZ_CASES` sets the number of cases (default 2,000; the
+//! run stops after 20 seconds in any case) and `GEARNAT_TEST_SEED` the seed; a failing case is
+//! written to the temporary directory.
 
 #[path = "fuzz/check.rs"]
 mod check;
@@ -63,6 +64,33 @@ const TOKENS: &[&str] = &[
     "{\"Id\": \"db-1\", \"Ports\": [{\"Internal\": 27017, \"External\": 4001}]}",
 ];
 
+/// Longest the bounded run goes on, whatever the number of cases.
+const BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Numbers that stay valid JSON where a number was: limits, their neighbours, ports.
+const NUMBERS: &[&str] = &[
+    "0", "1", "2", "3", "9", "10", "99", "100", "1000", "4000", "4001", "6060", "27017", "59999",
+    "60000", "65535", "65536", "9999", "10000", "10001", "50000", "-1", "-0",
+];
+
+/// Where the runs of ASCII digits in `input` are.
+fn digit_runs(input: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        if input[i].is_ascii_digit() {
+            let from = i;
+            while i < input.len() && input[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push((from, i));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 fn seeds() -> Vec<Vec<u8>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/deployments");
     let mut files = Vec::new();
@@ -104,7 +132,15 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 /// One random edit of `input`.
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
     let at = |rng: &mut Rng, len: usize| rng.below(len as u64 + 1) as usize;
-    match rng.below(6) {
+    match rng.below(8) {
+        6 | 7 => {
+            // Keep the JSON valid: replace one of the numbers with another.
+            let numbers: Vec<(usize, usize)> = digit_runs(input);
+            if let Some(&(from, to)) = numbers.get(rng.below(numbers.len() as u64) as usize) {
+                let n = NUMBERS[rng.below(NUMBERS.len() as u64) as usize];
+                input.splice(from..to, n.bytes());
+            }
+        }
         0 if !input.is_empty() => {
             let i = at(rng, input.len() - 1);
             input[i] = rng.next() as u8;
@@ -161,7 +197,15 @@ fn mutated_deployments_keep_every_promise() {
     assert!(valid.len() >= 3, "{} valid seeds", valid.len());
     let mut rng = Rng::from_env_or_clock();
     let (mut accepted, mut refused) = (0usize, 0usize);
+    // Valid deployments near the limits take a while each (50,000 mappings resolved, planned,
+    // rendered and read back), so the run also stops after a time budget.
+    let started = std::time::Instant::now();
+    let mut ran = 0;
     for case in 0..cases {
+        if started.elapsed() > BUDGET {
+            break;
+        }
+        ran += 1;
         let (mut input, edits) = if rng.below(4) > 0 {
             (
                 valid[rng.below(valid.len() as u64) as usize].clone(),
@@ -176,7 +220,13 @@ fn mutated_deployments_keep_every_promise() {
         for _ in 0..edits {
             mutate(&mut rng, &mut input, &seeds);
         }
+        let one = std::time::Instant::now();
         let result = panic::catch_unwind(|| check::check(&input));
+        if one.elapsed().as_secs() >= 2 {
+            let path = std::env::temp_dir().join(format!("gearnat-fuzz-slow-{case}.json"));
+            fs::write(&path, &input).unwrap();
+            eprintln!("case {case} took {:?}: {}", one.elapsed(), path.display());
+        }
         if let Err(e) = result {
             let path = std::env::temp_dir().join(format!("gearnat-fuzz-case-{case}.json"));
             fs::write(&path, &input).unwrap();
@@ -193,7 +243,10 @@ fn mutated_deployments_keep_every_promise() {
             _ => refused += 1,
         }
     }
-    eprintln!("{cases} cases: {accepted} accepted, {refused} refused");
+    eprintln!(
+        "{ran} of {cases} cases in {:?}: {accepted} accepted, {refused} refused",
+        started.elapsed()
+    );
     assert!(accepted > 0, "no mutated input was a valid deployment");
 }
 

@@ -1148,3 +1148,13 @@ fn hostile_files_are_refused_quickly_with_short_messages() {
         }
     }
 }
+
+/// A container with Count 0 claims no host port: no instance would hold it, and the host may
+/// give it to another instance (a fuzzing finding, tests/fuzz/findings).
+#[test]
+fn an_external_of_count_zero_claims_nothing() {
+    ok(&with(
+        r#"{"Name": "web", "PublicPorts": [{"Internal": 80, "External": 4000}]},
+{"Name": "api", "Count": 1, "PublicPorts": [{"Internal": 81, "External": 4000}]}"#,
+    ));
+}

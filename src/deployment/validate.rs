@@ -373,7 +373,12 @@ impl Validator {
                 ),
             );
         }
-        self.claim(external, proto, format!("container {}", Shown(name)), pos);
+        // A container with Count 0 has no instance to hold its External, and the host may give
+        // that port to another instance (found by fuzzing: the saved file of such a deployment
+        // then claimed the port twice and could not be read back).
+        if count > 0 {
+            self.claim(external, proto, format!("container {}", Shown(name)), pos);
+        }
     }
 
     /// Records a claim on a host port, or reports the clash with an earlier one.
