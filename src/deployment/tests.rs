@@ -1075,8 +1075,8 @@ fn a_link_cycle_is_a_valid_deployment() {
 
 /// Files built to make the checks slow or the messages huge are refused quickly, each message
 /// line short. Each case once cost seconds to minutes (a did-you-mean over two 60,000-character
-/// names, quadratic scans of a link's Ports or an instance's Ports) or printed its 100,000-digit
-/// number back.
+/// names, quadratic scans of a link's Ports, of an instance's Ports or of the target's public
+/// ports for every link) or printed its 100,000-digit number back.
 #[test]
 fn hostile_files_are_refused_quickly_with_short_messages() {
     let long_names = with(&format!(
@@ -1122,6 +1122,12 @@ fn hostile_files_are_refused_quickly_with_short_messages() {
         })
         .collect();
     let many_links = with(&containers.join(",\n"));
+    let links = vec![r#"{"To": "db", "Ports": [1]}"#; 100_000].join(",");
+    let many_links_to_many_ports = with(&format!(
+        r#"{{"Name": "db", "Count": 1, "PublicPorts": [{}]}},
+{{"Name": "web", "Links": [{links}]}}"#,
+        published.join(",")
+    ));
     let long_number = with(&format!(
         r#"{{"Name": "web", "Count": {}}}"#,
         "9".repeat(100_000)
@@ -1132,6 +1138,7 @@ fn hostile_files_are_refused_quickly_with_short_messages() {
         ("many link ports", many_link_ports),
         ("many instance ports", many_instance_ports),
         ("many links", many_links),
+        ("many links to many ports", many_links_to_many_ports),
         ("long number", long_number),
     ] {
         assert!(

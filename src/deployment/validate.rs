@@ -6,6 +6,7 @@
 //! last the `Instances` of a geard output file, which pin host ports geard already gave.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use super::json::Pos;
 use super::raw::{
@@ -91,6 +92,8 @@ struct Validator {
     problems: Vec<Problem>,
     /// Host ports claimed so far: (External, protocol) -> who claims it, for messages.
     claims: HashMap<(u16, Proto), (String, Pos)>,
+    /// The internal ports each link target publishes, by container index, made once.
+    published: HashMap<usize, Rc<HashSet<u16>>>,
 }
 
 impl Validator {
@@ -493,8 +496,13 @@ impl Validator {
             );
             return None;
         }
-        // Sets beside the lists: a hostile link can name hundreds of thousands of ports.
-        let published: HashSet<u16> = t.public_ports.iter().map(|p| p.internal).collect();
+        // Sets beside the lists: a hostile link can name hundreds of thousands of ports, and a
+        // file can hold 150,000 links to a container with 10,000 public ports.
+        let published = Rc::clone(
+            self.published
+                .entry(target)
+                .or_insert_with(|| Rc::new(t.public_ports.iter().map(|p| p.internal).collect())),
+        );
         let mut ports: Vec<u16> = Vec::new();
         let mut listed: HashSet<u16> = HashSet::new();
         let mut ok = true;
