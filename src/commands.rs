@@ -210,7 +210,6 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         print_plan(args.output.output, &plan, &net, &resolved)
     });
     if plan.is_empty() {
-        print_plan(args.output.output, &plan, &net, &resolved);
         firewall_pass(&net, args.output.output)?;
         report_coexistence(&net);
         timed("save state", || {
@@ -218,7 +217,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         })?;
         return Ok(Status::Done);
     }
-    let mut record = reconcile::intent(record, Some(&desired));
+    let mut record = reconcile::intent(record, Some(&desired), &plan);
     timed("save state", || -> Result<(), Error> {
         if let Some(reservations) = unsaved.take() {
             state.save_reservations(reservations)?;

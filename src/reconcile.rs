@@ -331,13 +331,32 @@ fn delete_stale_flows(ns: &str, stale: &[Element]) {
 }
 
 /// The record for a deployment, with `instances` covering the old and the new instances, so
-/// that a run that dies half way leaves the next one everything to clean up.
-pub fn intent(mut record: DeploymentRecord, desired: Option<&Desired>) -> DeploymentRecord {
+/// that a run that dies half way leaves the next one everything to clean up; and with the
+/// namespaces `plan` is about to create already counted as gearnat's. Were they recorded only
+/// once created, a run killed between creating a namespace and saving the record would leave
+/// one that every later run takes for someone else's, and `down` would never remove it.
+pub fn intent(
+    mut record: DeploymentRecord,
+    desired: Option<&Desired>,
+    plan: &Plan,
+) -> DeploymentRecord {
     let mut all: BTreeSet<String> = record.instances.iter().cloned().collect();
     if let Some(d) = desired {
         all.extend(d.instances.iter().map(|i| i.id.clone()));
     }
     record.instances = all.into_iter().collect();
+    for (id, w) in &plan.wiring {
+        let creates = matches!(
+            w,
+            Wiring::Join {
+                create_netns: true,
+                ..
+            }
+        );
+        if creates && !record.created_netns.contains(id) {
+            record.created_netns.push(id.clone());
+        }
+    }
     record
 }
 
@@ -375,4 +394,29 @@ fn diff_against(desired: &Desired, observed: &Observed, record: &DeploymentRecor
             created_netns: &created,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_intent_counts_namespaces_about_to_be_created_as_gearnats() {
+        let record = DeploymentRecord {
+            name: "d".into(),
+            instances: vec!["old-1".into()],
+            created_netns: vec!["old-1".into()],
+            ..DeploymentRecord::default()
+        };
+        let mut plan = Plan::default();
+        let join = |create_netns| Wiring::Join {
+            create_netns,
+            address: "10.211.0.2".parse().unwrap(),
+        };
+        plan.wiring.insert("new-1".into(), join(true));
+        plan.wiring.insert("found-1".into(), join(false));
+        let intent = intent(record, None, &plan);
+        assert_eq!(intent.instances, ["old-1"]);
+        assert_eq!(intent.created_netns, ["old-1", "new-1"]);
+    }
 }

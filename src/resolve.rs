@@ -2,7 +2,7 @@
 //! addresses, host ports and link targets. Pure: the caller passes in the reservations and the
 //! ports local sockets listen on, and saves what comes out.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
@@ -198,13 +198,27 @@ fn assign_host_ports(
     cx: &Context,
     reservations: &mut Reservations,
 ) -> Result<BTreeMap<PortKey, u16>, ResolveError> {
-    // Looked up per public port: a geard output file pins every one of them. The first pin of
-    // a port counts.
-    let mut pinned: BTreeMap<(usize, u32, u16, Proto), u16> = BTreeMap::new();
-    for pp in &d.pinned {
-        let at = (pp.instance.container, pp.instance.n, pp.internal, pp.proto);
-        pinned.entry(at).or_insert(pp.external);
-    }
+    // What each of this deployment's public ports held before. Maps, not scans: a deployment
+    // can have MAX_MAPPINGS of them.
+    let previous: HashMap<PortKey, u16> = reservations
+        .ports
+        .iter()
+        .filter(|(_, h)| h.deployment == d.name)
+        .filter_map(|(k, h)| {
+            let (proto, port) = parse_port_key(k)?;
+            Some(((h.instance.clone(), proto, h.internal), port))
+        })
+        .collect();
+    reservations.release_ports(&d.name);
+    let pinned: HashMap<(usize, u32, Proto, u16), u16> = d
+        .pinned
+        .iter()
+        .map(|pp| {
+            let key = (pp.instance.container, pp.instance.n, pp.proto, pp.internal);
+            (key, pp.external)
+        })
+        .collect();
+
     let mut fixed: Vec<(PortKey, u16)> = Vec::new();
     let mut open: Vec<PortKey> = Vec::new();
     for (ci, c) in d.containers.iter().enumerate() {
@@ -212,7 +226,7 @@ fn assign_host_ports(
             let id = d.instance_id(c, n);
             for p in &c.public_ports {
                 let key = (id.clone(), p.proto, p.internal);
-                let pinned = pinned.get(&(ci, n, p.internal, p.proto)).copied();
+                let pinned = pinned.get(&(ci, n, p.proto, p.internal)).copied();
                 match p.external.or(pinned) {
                     Some(port) => fixed.push((key, port)),
                     None => open.push(key),
@@ -221,72 +235,52 @@ fn assign_host_ports(
         }
     }
 
-    // What each open port held before: only open ports look, so a file of explicit ports
-    // (10,000 of them) copies nothing.
-    let previous: BTreeMap<String, PortHolder> = if open.is_empty() {
-        BTreeMap::new()
-    } else {
-        (reservations.ports.iter())
-            .filter(|(_, h)| h.deployment == d.name)
-            .map(|(k, h)| (k.clone(), h.clone()))
-            .collect()
-    };
-    reservations.release_ports(&d.name);
-
     let mut out = BTreeMap::new();
-    let mut hold = |reservations: &mut Reservations, key: &PortKey, port_key: String, port| {
+    let mut hold = |reservations: &mut Reservations, key: &PortKey, port: u16| {
         let holder = PortHolder {
             deployment: d.name.clone(),
             instance: key.0.clone(),
             internal: key.2,
         };
-        reservations.ports.insert(port_key, holder);
+        reservations
+            .ports
+            .insert(Reservations::port_key(key.1, port), holder);
         out.insert(key.clone(), port);
     };
-    for (key, port) in fixed {
-        let port_key = Reservations::port_key(key.1, port);
-        if let Some(h) = reservations.ports.get(&port_key) {
+    for (key, port) in &fixed {
+        if let Some(h) = reservations.port_holder(key.1, *port) {
             return Err(ResolveError::PortHeld {
                 proto: key.1,
-                port,
+                port: *port,
                 instance: key.0.clone(),
                 holder: h.deployment.clone(),
                 holder_instance: h.instance.clone(),
             });
         }
-        hold(reservations, &key, port_key, port);
+        hold(reservations, key, *port);
     }
     // Keep what each open port held before, unless an explicit port took it meanwhile.
     let mut still_open = Vec::new();
     for key in open {
-        let kept = previous.iter().find_map(|(k, h)| {
-            let (proto, port) = parse_port_key(k)?;
-            (h.instance == key.0 && h.internal == key.2 && proto == key.1).then_some(port)
-        });
+        let kept = previous.get(&key).copied();
         match kept.filter(|port| reservations.port_holder(key.1, *port).is_none()) {
-            Some(port) => hold(
-                reservations,
-                &key,
-                Reservations::port_key(key.1, port),
-                port,
-            ),
+            Some(port) => hold(reservations, &key, port),
             None => still_open.push(key),
         }
     }
+    // Ports are only ever taken here, so the search for the lowest free one goes on from
+    // where the last one ended (one cursor per protocol), not from the start each time.
+    let mut cursor: HashMap<Proto, u16> = HashMap::new();
     for key in still_open {
-        let port = HOST_PORTS
-            .clone()
+        let from = cursor.get(&key.1).copied().unwrap_or(*HOST_PORTS.start());
+        let port = (from..=*HOST_PORTS.end())
             .find(|p| {
                 reservations.port_holder(key.1, *p).is_none()
                     && !cx.listening.contains(&(key.1, *p))
             })
             .ok_or(ResolveError::PortsExhausted)?;
-        hold(
-            reservations,
-            &key,
-            Reservations::port_key(key.1, port),
-            port,
-        );
+        cursor.insert(key.1, port);
+        hold(reservations, &key, port);
     }
     Ok(out)
 }
@@ -309,27 +303,46 @@ impl Reservations {
 fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, ResolveError> {
     let mut targets: BTreeMap<PortKey, SocketAddrV4> = BTreeMap::new();
     let mut taken: HashSet<(Proto, SocketAddrV4)> = HashSet::new();
+    // Where each sequence of candidates (one style, protocol and first address) goes on from:
+    // addresses are only ever taken, so the ones before the last found stay taken. Without it,
+    // a link to 10,000 instances tries 50 million addresses.
+    let mut cursors: HashMap<Sequence, u32> = HashMap::new();
     for source in &d.containers {
-        for (link, target, key, port) in linked_target_ports(d, source) {
-            if targets.contains_key(&key) {
+        for link in &source.links {
+            let Some(target) = d.container(&link.to) else {
                 continue;
+            };
+            for n in 1..=target.count {
+                let id = d.instance_id(target, n);
+                for port in linked_ports(link, target) {
+                    let key = (id.clone(), port.proto, port.internal);
+                    if targets.contains_key(&key) {
+                        continue;
+                    }
+                    let addr = free_target(link, port, &taken, &mut cursors).ok_or_else(|| {
+                        ResolveError::TargetsExhausted {
+                            source_container: source.name.clone(),
+                            target: target.name.clone(),
+                        }
+                    })?;
+                    taken.insert((port.proto, addr));
+                    targets.insert(key, addr);
+                }
             }
-            let addr =
-                free_target(link, port, &taken).ok_or_else(|| ResolveError::TargetsExhausted {
-                    source_container: source.name.clone(),
-                    target: target.name.clone(),
-                })?;
-            taken.insert((port.proto, addr));
-            targets.insert(key, addr);
         }
     }
     Ok(targets)
 }
 
+/// A sequence of candidate link targets: protocol, first address, and whether it counts the
+/// address (MatchPort) or the port up.
+type Sequence = (Proto, SocketAddrV4, bool);
+
 fn free_target(
     link: &Link,
     port: &PublicPort,
     taken: &HashSet<(Proto, SocketAddrV4)>,
+    cursors: &mut HashMap<Sequence, u32>,
 ) -> Option<SocketAddrV4> {
     let base_ip = if link.non_local {
         NON_LOCAL_TARGET
@@ -341,7 +354,13 @@ fn free_target(
         .iter()
         .find(|(internal, _)| *internal == port.internal)
         .map_or(port.internal, |(_, alias)| *alias);
-    (0u32..=65535)
+    let sequence = (
+        port.proto,
+        SocketAddrV4::new(base_ip, base_port),
+        link.match_port,
+    );
+    let from = cursors.get(&sequence).copied().unwrap_or(0);
+    let (step, addr) = (from..=65535)
         .map_while(|step| {
             if link.match_port {
                 let ip = u32::from(base_ip).checked_add(step)?;
@@ -353,8 +372,11 @@ fn free_target(
                 let p = u16::try_from(u32::from(base_port) + step).ok()?;
                 Some(SocketAddrV4::new(base_ip, p))
             }
+            .map(|a| (step, a))
         })
-        .find(|a| !taken.contains(&(port.proto, *a)))
+        .find(|(_, a)| !taken.contains(&(port.proto, *a)))?;
+    cursors.insert(sequence, step);
+    Some(addr)
 }
 
 fn net_mask(link: &Link) -> Ipv4Addr {
@@ -379,41 +401,36 @@ fn link_targets(
     host_ports: &BTreeMap<PortKey, u16>,
     targets: &BTreeMap<PortKey, SocketAddrV4>,
 ) -> Vec<LinkTarget> {
-    let mut out: Vec<LinkTarget> = Vec::new();
-    for (_, _, key, port) in linked_target_ports(d, source) {
-        let (Some(dial), Some(host_port)) = (targets.get(&key), host_ports.get(&key)) else {
+    let mut out = Vec::new();
+    for link in &source.links {
+        let Some(target) = d.container(&link.to) else {
             continue;
         };
-        if out.iter().any(|l| l.proto == port.proto && l.dial == *dial) {
-            continue;
+        for n in 1..=target.count {
+            let id = d.instance_id(target, n);
+            for port in linked_ports(link, target) {
+                let key = (id.clone(), port.proto, port.internal);
+                let (Some(dial), Some(host_port)) = (targets.get(&key), host_ports.get(&key))
+                else {
+                    continue;
+                };
+                if out
+                    .iter()
+                    .any(|l: &LinkTarget| l.proto == port.proto && l.dial == *dial)
+                {
+                    continue;
+                }
+                out.push(LinkTarget {
+                    proto: port.proto,
+                    dial: *dial,
+                    host_port: *host_port,
+                    target_instance: id.clone(),
+                    target_port: port.internal,
+                });
+            }
         }
-        out.push(LinkTarget {
-            proto: port.proto,
-            dial: *dial,
-            host_port: *host_port,
-            target_instance: key.0,
-            target_port: port.internal,
-        });
     }
     out
-}
-
-/// Every (link, target container, target instance port, public port) that `source`'s links
-/// reach, in file order.
-fn linked_target_ports<'a>(
-    d: &'a Deployment,
-    source: &'a Container,
-) -> impl Iterator<Item = (&'a Link, &'a Container, PortKey, &'a PublicPort)> {
-    source.links.iter().flat_map(move |link| {
-        let target = d.container(&link.to);
-        target.into_iter().flat_map(move |target| {
-            (1..=target.count).flat_map(move |n| {
-                let id = d.instance_id(target, n);
-                linked_ports(link, target)
-                    .map(move |port| (link, target, (id.clone(), port.proto, port.internal), port))
-            })
-        })
-    })
 }
 
 #[cfg(test)]

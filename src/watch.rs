@@ -173,7 +173,7 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
     for line in report::plan_lines(&plan, &net.bridge) {
         println!("watch: {name}: {line} ({reason})");
     }
-    let mut record = reconcile::intent(record, Some(&desired));
+    let mut record = reconcile::intent(record, Some(&desired), &plan);
     reconcile::execute(&host, net, &rt, &plan, &mut record, |r| {
         Ok(state.save_record(r)?)
     })?;

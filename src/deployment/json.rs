@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::Problem;
+use super::{Problem, Shown, ShownBare};
 
 /// Deepest nesting of arrays and objects accepted. A deployment file needs 5 levels (top,
 /// Instances, an instance, its Ports, a Target); the limit keeps recursion bounded.
@@ -316,7 +316,8 @@ impl Reader<'_> {
     fn object(&mut self) -> Parsed<Value> {
         self.bump(); // {
         let mut members: Vec<Member> = Vec::new();
-        // Folded key -> position of its first occurrence.
+        // Folded key -> position of its first occurrence. A map, not a list: a hostile object
+        // can have hundreds of thousands of keys.
         let mut seen: HashMap<String, Pos> = HashMap::new();
         self.skip_space()?;
         if self.peek() == Some(b'}') {
@@ -346,7 +347,11 @@ impl Reader<'_> {
                 Some(_) => {
                     return Err(self.error(
                         self.pos(),
-                        format!("expected `:` after the key {key:?}, found {}", self.found()),
+                        format!(
+                            "expected `:` after the key {}, found {}",
+                            Shown(&key),
+                            self.found()
+                        ),
                     ))
                 }
             }
@@ -359,9 +364,11 @@ impl Reader<'_> {
                 Some(first) => self.problems.push(self.error(
                     key_pos,
                     format!(
-                        "duplicate key {key:?} (keys match regardless of case; the first is at \
+                        "duplicate key {} (keys match regardless of case; the first is at \
                          line {}, column {}); remove one of them",
-                        first.line, first.col
+                        Shown(&key),
+                        first.line,
+                        first.col
                     ),
                 )),
                 None => {
@@ -550,7 +557,8 @@ impl Reader<'_> {
             r.error(
                 pos,
                 format!(
-                    "invalid number `{text}`; write numbers like 80, -1 or 1.5 (no leading zeros)"
+                    "invalid number `{}`; write numbers like 80, -1 or 1.5 (no leading zeros)",
+                    ShownBare(text)
                 ),
             )
         };
@@ -598,7 +606,10 @@ impl Reader<'_> {
                     }
                     _ => "strings must be in double quotes; JSON's literals are true, false, null",
                 };
-                Err(self.error(pos, format!("unexpected word `{word}`; {hint}")))
+                Err(self.error(
+                    pos,
+                    format!("unexpected word `{}`; {hint}", ShownBare(word)),
+                ))
             }
         }
     }

@@ -48,6 +48,39 @@ pub const MAX_LINK_ENTRIES: u64 = 100_000;
 /// Most problems shown; the rest are counted.
 pub const MAX_PROBLEMS_SHOWN: usize = 20;
 
+/// Most characters of a value from the file that a message repeats; a longer value (a key,
+/// name or number of a hostile file can be 64 KiB) is cut, with its length said.
+pub const MAX_SHOWN_CHARS: usize = 40;
+
+/// A string from the file as messages show it: in double quotes with Rust's escapes, cut after
+/// [`MAX_SHOWN_CHARS`] characters (`"kkkk..." (60000 characters)`).
+pub(crate) struct Shown<'a>(pub &'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.0.chars().count();
+        if len <= MAX_SHOWN_CHARS {
+            return write!(f, "{:?}", self.0);
+        }
+        let head: String = self.0.chars().take(MAX_SHOWN_CHARS).collect();
+        write!(f, "{:?} ({len} characters)", format!("{head}..."))
+    }
+}
+
+/// Like [`Shown`], without the quotes: for numbers and words, shown as written.
+pub(crate) struct ShownBare<'a>(pub &'a str);
+
+impl fmt::Display for ShownBare<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.0.chars().count();
+        if len <= MAX_SHOWN_CHARS {
+            return f.write_str(self.0);
+        }
+        let head: String = self.0.chars().take(MAX_SHOWN_CHARS).collect();
+        write!(f, "{head}... ({len} characters)")
+    }
+}
+
 /// One problem in a deployment file: where, and a message saying what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
@@ -61,6 +94,11 @@ pub enum DeploymentError {
     /// The file could not be opened or read.
     #[error("{file}: {}", io_message(.error))]
     Read { file: String, error: io::Error },
+    /// The path is a symbolic link to nothing.
+    #[error(
+        "{file}: a symbolic link to {target}, which does not exist; check the link or the path"
+    )]
+    DanglingLink { file: String, target: String },
     /// The path is a directory.
     #[error("{file}: this is a directory, not a deployment file; give the path of a JSON file")]
     Directory { file: String },
@@ -112,6 +150,9 @@ impl DeploymentError {
 }
 
 fn io_message(error: &io::Error) -> String {
+    if error.raw_os_error() == Some(libc::ELOOP) {
+        return "the path is a loop of symbolic links; give the path of a JSON file".to_string();
+    }
     match error.kind() {
         io::ErrorKind::NotFound => "no such file; check the path".to_string(),
         io::ErrorKind::PermissionDenied => {
@@ -217,7 +258,13 @@ fn read_file(path: &Path, file: &str) -> Result<String, DeploymentError> {
         file: file.to_string(),
         error,
     };
-    let meta = fs::metadata(path).map_err(read_error)?;
+    let meta = fs::metadata(path).map_err(|error| match fs::read_link(path) {
+        Ok(target) if error.kind() == io::ErrorKind::NotFound => DeploymentError::DanglingLink {
+            file: file.to_string(),
+            target: target.display().to_string(),
+        },
+        _ => read_error(error),
+    })?;
     if meta.is_dir() {
         return Err(DeploymentError::Directory {
             file: file.to_string(),
@@ -300,14 +347,26 @@ pub fn check_deployment_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
     {
         return Err(format!(
-            "the deployment name {name:?} contains {}; {RULE}",
+            "the deployment name {} contains {}; {RULE}",
+            Shown(name),
             validate::quote_char(c)
         ));
     }
     if name.len() > MAX_DEPLOYMENT_NAME {
         return Err(format!(
-            "the deployment name {name:?} has {} characters; {RULE}",
+            "the deployment name {} has {} characters; {RULE}",
+            Shown(name),
             name.len()
+        ));
+    }
+    // deployments/<name>.json would be the record (<name>.state.json) of the deployment
+    // named without the suffix, and overwrite it.
+    if name.ends_with(".state") {
+        return Err(format!(
+            "the deployment name {} ends in \".state\", which would clash with the state file \
+             of the deployment {}",
+            Shown(name),
+            Shown(name.strip_suffix(".state").unwrap_or(name))
         ));
     }
     if name == "." || name == ".." {

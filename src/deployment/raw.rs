@@ -9,7 +9,7 @@
 use serde::{Serialize, Serializer};
 
 use super::json::{fold_key, Node, Pos, Value};
-use super::{Problem, MAX_CONTAINERS, MAX_COUNT, MAX_PUBLIC_PORTS};
+use super::{Problem, Shown, ShownBare, MAX_CONTAINERS, MAX_PROBLEMS_SHOWN, MAX_PUBLIC_PORTS};
 
 /// A value and where it is in the file. Serializes as the value alone.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +203,10 @@ impl Builder {
                 Some(i) if m.value.value != Value::Null => found[i] = Some(&m.value),
                 Some(_) => {}
                 None => {
-                    let message = unknown_key(&m.key, what, keys);
+                    // Only the first problems are shown; far past them, a did-you-mean is not
+                    // worth its edit distances (a hostile file can have 300,000 unknown keys).
+                    let suggest = self.problems.len() < 50 * MAX_PROBLEMS_SHOWN;
+                    let message = unknown_key(&m.key, what, keys, suggest);
                     self.problem(m.key_pos, message);
                 }
             }
@@ -256,7 +259,10 @@ impl Builder {
         if text.contains(['.', 'e', 'E']) {
             self.problem(
                 node.pos,
-                format!("expected a whole number for {what}, found {text}; remove the fraction"),
+                format!(
+                    "expected a whole number for {what}, found {}; remove the fraction",
+                    ShownBare(text)
+                ),
             );
             return None;
         }
@@ -266,14 +272,9 @@ impl Builder {
                 pos: node.pos,
             }),
             Err(_) => {
-                let range = if what == "Count" {
-                    format!("0..{MAX_COUNT}")
-                } else {
-                    "1..65535".to_string()
-                };
                 self.problem(
                     node.pos,
-                    format!("{what} {text} is far out of range; use {range}"),
+                    format!("{what} {} is far out of range", ShownBare(text)),
                 );
                 None
             }
@@ -461,56 +462,16 @@ impl Builder {
     }
 }
 
-/// Where each key of the format belongs, for a key written at the wrong level.
-const KEY_PLACES: &[(&str, &str)] = &[
-    ("Containers", "at the top level"),
-    ("Instances", "at the top level"),
-    ("IdPrefix", "at the top level"),
-    ("RandomizeIds", "at the top level"),
-    ("Name", "in a container or an environment variable"),
-    ("Image", "in a container or an instance"),
-    ("Count", "in a container"),
-    ("PublicPorts", "in a container"),
-    ("Links", "in a container"),
-    ("Environment", "in a container"),
-    ("Affinity", "in a container"),
-    ("Internal", "in a public port"),
-    ("External", "in a public port"),
-    ("Protocol", "in a public port"),
-    ("To", "in a link"),
-    ("NonLocal", "in a link"),
-    ("MatchPort", "in a link"),
-    ("Ports", "in a link or an instance"),
-    ("AliasPorts", "in a link"),
-    ("Value", "in an environment variable"),
-    ("Id", "in an instance"),
-    ("From", "in an instance"),
-    ("On", "in an instance"),
-    ("Target", "in an instance port"),
-];
-
-/// The message for an unknown key: where it belongs if it is a key of another level, else the
-/// closest known key if one is close, else the list of keys.
-fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
-    let folded = fold_key(key);
-    let closest = keys
-        .iter()
-        .map(|k| (edit_distance(&folded, &fold_key(k)), *k))
-        .min_by_key(|(d, _)| *d)
-        .filter(|(d, k)| *d <= (k.len() / 3).max(1));
+/// The message for an unknown key: the closest known key if one is close, else the list.
+fn unknown_key(key: &str, what: &str, keys: &[&str], suggest: bool) -> String {
+    let closest = closest(key, keys.iter().copied().filter(|_| suggest), fold_key);
     let where_ = if what == "a deployment file" {
         "at the top level".to_string()
     } else {
         format!("in {what}")
     };
-    if let Some((k, place)) = KEY_PLACES.iter().find(|(k, _)| fold_key(k) == folded) {
-        return format!(
-            "key {key:?} does not belong {where_}; {k} belongs {place}: move it there or \
-             remove it"
-        );
-    }
     match closest {
-        Some((_, k)) => {
+        Some(k) => {
             // Suggest in the spelling the file uses: geard's examples are all lower case or
             // all CamelCase.
             let k = if key.chars().any(|c| c.is_ascii_uppercase()) {
@@ -518,18 +479,47 @@ fn unknown_key(key: &str, what: &str, keys: &[&str]) -> String {
             } else {
                 k.to_lowercase()
             };
-            format!("unknown key {key:?} {where_}; did you mean \"{k}\"?")
+            format!("unknown key {} {where_}; did you mean \"{k}\"?", Shown(key))
         }
         None => format!(
-            "unknown key {key:?} {where_}; remove it (the keys here are {})",
+            "unknown key {} {where_}; remove it (the keys here are {})",
+            Shown(key),
             keys.join(", ")
         ),
     }
 }
 
+/// Longest word a did-you-mean is looked for: [`edit_distance`] costs the product of the two
+/// lengths, and a hostile file's key or link target can be 64 KiB long.
+const MAX_SUGGEST_CHARS: usize = 64;
+
+/// The candidate closest to `word`, compared after `fold`, if it is a typo away: at most a
+/// third of the candidate's length (and at least 1) edits.
+pub(crate) fn closest<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+    fold: impl Fn(&str) -> String,
+) -> Option<&'c str> {
+    let short = |s: &str| s.chars().count() <= MAX_SUGGEST_CHARS;
+    if !short(word) {
+        return None;
+    }
+    let len = word.chars().count();
+    let word = fold(word);
+    // The distance is at least the difference in length.
+    let near = |c: &str| c.chars().count().abs_diff(len) <= (c.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter(|c| short(c) && near(c))
+        .map(|c| (edit_distance(&word, &fold(c)), c))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
+        .map(|(_, c)| c)
+}
+
 /// Edit distance counting an insertion, a deletion, a substitution or a swap of two neighbours
 /// as one edit (optimal string alignment).
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];

@@ -213,12 +213,10 @@ fn pinned_ports_clash_with_explicit_externals_and_each_other() {
     assert_eq!(
         errors(src),
         [
-            "seed.json:5:62: host port 4000/tcp is already claimed by container \"web\" (at line 3, \
-             column 91); choose another External, or leave it out to let the host pick",
-            "seed.json:6:69: Internal 27017/tcp appears twice in this instance's Ports; remove \
-             one of them",
-            "seed.json:7:12: instance \"db-2\" is listed twice in Instances (first at line 6, column \
-             12); remove one of them",
+            "seed.json:5:62: host port 4000/tcp is already claimed by container \"web\" (line 3); \
+             choose another External, or leave it out to let the host pick",
+            "seed.json:7:12: instance \"db-2\" is listed twice in Instances (first at line 6); \
+             remove one of them",
             "seed.json:8:60: port 70000 is out of range; use 1..65535, or 0 to let the host pick",
         ]
     );
@@ -238,8 +236,8 @@ fn randomize_ids_is_refused() {
 fn container_names() {
     assert_eq!(
         error(&with(r#"{"Name": "web", "Count": 1}, {"Name": "web"}"#)),
-        "seed.json:2:39: a second container named \"web\" (the first is at line 2, column 10); \
-         rename one of them"
+        "seed.json:2:39: a second container named \"web\" (the first is at line 2); rename one \
+         of them"
     );
     assert_eq!(
         error(&with(r#"{"Count": 1}"#)),
@@ -317,7 +315,7 @@ fn ports_must_be_in_range() {
     );
     assert_eq!(
         port("99999999999999999999"),
-        "seed.json:2:46: Internal 99999999999999999999 is far out of range; use 1..65535"
+        "seed.json:2:46: Internal 99999999999999999999 is far out of range"
     );
     ok(&with(
         r#"{"Name": "web", "PublicPorts": [{"Internal": 65535, "External": 1}]}"#,
@@ -345,24 +343,24 @@ fn public_port_clashes() {
             r#"{"Name": "web", "PublicPorts": [{"Internal": 80},
 {"Internal": 80, "External": 8080}]}"#
         )),
-        "seed.json:3:14: Internal 80/tcp is published twice in this container (also at line 2, column \
-         46); remove one of them"
+        "seed.json:3:14: Internal 80/tcp is published twice in this container (also at line 2); \
+         remove one of them"
     );
     assert_eq!(
         error(&with(
             r#"{"Name": "web", "Count": 1, "PublicPorts": [{"Internal": 80, "External": 8080}]},
 {"Name": "api", "Count": 1, "PublicPorts": [{"Internal": 81, "External": 8080}]}"#
         )),
-        "seed.json:3:74: host port 8080/tcp is already claimed by container \"web\" (at line 2, \
-         column 74); choose another External, or leave it out to let the host pick"
+        "seed.json:3:74: host port 8080/tcp is already claimed by container \"web\" (line 2); \
+         choose another External, or leave it out to let the host pick"
     );
     assert_eq!(
         error(&with(
             r#"{"Name": "web", "Count": 1, "PublicPorts": [{"Internal": 80, "External": 8080},
 {"Internal": 81, "External": 8080}]}"#
         )),
-        "seed.json:3:30: host port 8080/tcp is already claimed by container \"web\" (at line 2, \
-         column 74); choose another External, or leave it out to let the host pick"
+        "seed.json:3:30: host port 8080/tcp is already claimed by container \"web\" (line 2); \
+         choose another External, or leave it out to let the host pick"
     );
     assert_eq!(
         error(&with(
@@ -428,18 +426,6 @@ fn links() {
     assert_eq!(d.containers[1].links[0].alias_ports, [(27017, 7017)]);
 }
 
-/// geard's cluster examples link a container to itself.
-#[test]
-fn a_container_may_link_to_itself() {
-    let source = r#"{"Containers": [
-  {"Name": "db", "Count": 2, "PublicPorts": [{"Internal": 27017}],
-   "Links": [{"To": "db", "NonLocal": true, "MatchPort": true}]}
-]}"#;
-    let d = parse(source, "cluster.json", "cluster").unwrap();
-    assert_eq!(d.containers[0].links[0].to, "db");
-    assert!(d.containers[0].links[0].non_local && d.containers[0].links[0].match_port);
-}
-
 #[test]
 fn link_errors() {
     assert_eq!(
@@ -501,8 +487,8 @@ fn link_errors() {
     );
     assert_eq!(
         error(&linked(r#"{"To": "db"}, {"To": "db", "Ports": [27017]}"#)),
-        "seed.json:3:60: a second link to \"db\" in this container (the first is at line 3, column \
-         46); merge them into one link"
+        "seed.json:3:60: a second link to \"db\" in this container (the first is at line 3); \
+         merge them into one link"
     );
     assert_eq!(
         error(&linked(r#"{"To": "db", "NonLocal": "yes"}"#)),
@@ -525,7 +511,7 @@ fn environment_limits() {
     );
     assert_eq!(
         error(&env("A", &"v".repeat(8193))),
-        "seed.json:2:56: the value of \"A\" has 8193 bytes, more than geard's limit of 8192 (8 KiB); \
+        "seed.json:2:56: the value of A has 8193 bytes, more than geard's limit of 8192 (8 KiB); \
          shorten it"
     );
     assert_eq!(
@@ -552,20 +538,6 @@ fn unknown_keys_and_wrong_types() {
         error("{\"Containers\": [], \"Volumes\": []}"),
         "seed.json:1:20: unknown key \"Volumes\" at the top level; remove it (the keys here are \
          Containers, Instances, IdPrefix, RandomizeIds)"
-    );
-    assert_eq!(
-        error("{\"Count\": 1}"),
-        "seed.json:1:2: key \"Count\" does not belong at the top level; Count belongs in a \
-         container: move it there or remove it"
-    );
-    assert_eq!(
-        error(&with(r#"{"Name": "web", "ports": [80]}"#)),
-        "seed.json:2:17: key \"ports\" does not belong in a container; Ports belongs in a link or \
-         an instance: move it there or remove it"
-    );
-    assert_eq!(
-        error(&with(r#"{"Name": "web", "Count": 99999999999999999999}"#)),
-        "seed.json:2:26: Count 99999999999999999999 is far out of range; use 0..10000"
     );
     assert_eq!(
         error("{\"Containers\": {}}"),
@@ -777,7 +749,17 @@ fn deployment_names() {
     for good in ["seed", "rockmongo_mongodb", "a.b-c_D9", &"x".repeat(64)] {
         assert_eq!(check_deployment_name(good), Ok(()), "{good}");
     }
-    for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(65), "a:b"] {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "a b",
+        "a/b",
+        "é",
+        &"x".repeat(65),
+        "a:b",
+        "a.state",
+    ] {
         assert!(check_deployment_name(bad).is_err(), "{bad}");
     }
 }
@@ -786,47 +768,247 @@ fn deployment_names() {
 /// tests rely on these.
 #[test]
 fn bad_fixtures() {
+    // A position where the problem is in the file's text; none where it is the path itself.
     let cases = [
+        (
+            "clashes.state.json",
+            " the deployment name \"clashes.state\" ends in \".state\"",
+        ),
+        (
+            "comment.json",
+            "2:3: comments are not allowed in JSON; remove the comment",
+        ),
+        (
+            "container_is_a_string.json",
+            "2:17: expected an object for a container, found a string",
+        ),
+        (
+            "containers_is_an_object.json",
+            "2:16: expected an array for Containers, found an object",
+        ),
+        (
+            "control_character_in_string.json",
+            "3:39: control character U+0009 inside a string; write it as \\u0009",
+        ),
+        (
+            "count_huge.json",
+            "3:27: Count 1000000 is more than gearnat's limit of 10000 instances pe",
+        ),
         (
             "count_is_a_string.json",
             "3:27: expected a whole number for Count, found a string",
         ),
         (
-            "duplicate_container_name.json",
-            "4:13: a second container named \"web\"",
+            "count_leading_zero.json",
+            "3:27: invalid number `01`; write numbers like 80, -1 or 1.5 (no leadin",
         ),
-        ("duplicate_key.json", "3:19: duplicate key \"Name\""),
+        (
+            "count_nan.json",
+            "3:27: unexpected word `NaN`; strings must be in double quotes; JSON's ",
+        ),
+        (
+            "count_overflows.json",
+            "3:27: Count 99999999999999999999999999 is far out of range",
+        ),
+        (
+            "count_with_fraction.json",
+            "3:27: expected a whole number for Count, found 1.5; remove the fractio",
+        ),
+        (
+            "dangling_symlink.json",
+            " a symbolic link to does-not-exist.json, which does not exist; check t",
+        ),
+        (
+            "deep_nesting.json",
+            "1:78: arrays and objects are nested more than 64 deep; a deployment fi",
+        ),
+        (
+            "duplicate_container_name.json",
+            "4:13: a second container named \"web\" (the first is at line 3); rename ",
+        ),
+        (
+            "duplicate_key.json",
+            "3:19: duplicate key \"Name\" (keys match regardless of case; the first i",
+        ),
+        (
+            "duplicate_key_other_case.json",
+            "3:3: duplicate key \"containers\" (keys match regardless of case; the fi",
+        ),
+        (
+            "empty.json",
+            "1:1: the file is empty; a deployment file is a JSON object such as {\"C",
+        ),
+        (
+            "environment_value_too_long.json",
+            "4:43: the value of KEY has 9000 bytes, more than geard's limit of 8192",
+        ),
+        (
+            "external_for_many_instances.json",
+            "3:70: External 8080 would be the host port of all 2 instances of \"web\"",
+        ),
         (
             "host_port_claimed_twice.json",
-            "4:72: host port 8080/tcp is already claimed",
+            "4:72: host port 8080/tcp is already claimed by container \"web\" (line 3",
+        ),
+        (
+            "id_prefix_with_path.json",
+            "2:15: IdPrefix \"../../etc/\" contains \"/\", which geard's instance ids m",
         ),
         (
             "instance_id_too_long.json",
-            "4:13: instance id \"production-customer-database-1\"",
+            "4:13: instance id \"production-customer-database-1\" has 30 characters, ",
+        ),
+        (
+            "instances_port_out_of_range.json",
+            "4:56: port 70000 is out of range; use 1..65535, or 0 to let the host p",
+        ),
+        (
+            "is_a_directory.json",
+            " this is a directory, not a deployment file; give the path of a JSON f",
+        ),
+        (
+            "link_port_zero.json",
+            "3:58: port 0 is out of range; use 1..65535",
+        ),
+        (
+            "link_to_count_zero.json",
+            "3:44: link to \"db\", which has Count 0: nothing to link to; raise its c",
         ),
         (
             "link_to_unknown_container.json",
-            "3:44: link to unknown container \"mongo\"; did you",
+            "3:44: link to unknown container \"mongo\"; did you mean \"mongodb\"?",
         ),
         (
             "link_to_unpublished_port.json",
-            "3:58: port 27018 in Ports is not a public port",
+            "3:58: port 27018 in Ports is not a public port of \"db\" (it publishes 2",
         ),
-        ("negative_count.json", "3:27: Count -1 is negative"),
-        ("not_utf8.json", "3:17: the file is not valid UTF-8"),
+        (
+            "lone_surrogate.json",
+            "3:17: a \\u escape encodes half of a UTF-16 surrogate pair without the ",
+        ),
+        (
+            "long_names_in_link.json",
+            "4:44: link to unknown container \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        ),
+        (
+            "long_number.json",
+            "3:27: Count 9999999999999999999999999999999999999999... (100000 charac",
+        ),
+        (
+            "long_unknown_key.json",
+            "3:19: unknown key \"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...\" (60000",
+        ),
+        (
+            "megabyte_string.json",
+            "3:37: a string longer than 65536 bytes; no value in a deployment file ",
+        ),
+        (
+            "name with space.json",
+            " the deployment name \"name with space\" contains \" \"; use letters, digi",
+        ),
+        (
+            "name_is_a_number.json",
+            "3:13: expected a string for Name, found a number",
+        ),
+        (
+            "name_with_command_substitution.json",
+            "3:13: container name \"$(reboot)\" contains \"$\"; instance ids (IdPrefix ",
+        ),
+        (
+            "name_with_dot_dot_slash.json",
+            "3:13: container name \"../x\" contains \"/\" (it would name a path); insta",
+        ),
+        (
+            "name_with_nul_escape.json",
+            "3:13: container name \"web\\0\" contains \"\\0\"; instance ids (IdPrefix + N",
+        ),
+        (
+            "name_with_quote.json",
+            "3:13: container name \"web\\\"x\" contains \"\\\"\"; instance ids (IdPrefix + ",
+        ),
+        (
+            "name_with_semicolon.json",
+            "3:13: container name \"a;rm -rf /\" contains \";\"; instance ids (IdPrefix",
+        ),
+        (
+            "name_with_space.json",
+            "3:13: container name \"my web\" contains \" \"; instance ids (IdPrefix + N",
+        ),
+        (
+            "negative_count.json",
+            "3:27: Count -1 is negative; use 0 or more",
+        ),
+        (
+            "not_utf8.json",
+            "3:17: the file is not valid UTF-8 (byte 0xe9); save it as UTF-8",
+        ),
+        (
+            "port_65536.json",
+            "3:70: port 65536 is out of range; use 1..65535, or leave External out ",
+        ),
         (
             "port_out_of_range.json",
-            "6:48: port 70000 is out of range; use 1..65535",
+            "6:48: port 70000 is out of range; use 1..65535, or leave External out ",
         ),
-        ("randomize_ids.json", "2:19: RandomizeIds is not supported"),
+        (
+            "port_zero.json",
+            "3:56: port 0 is out of range; use 1..65535",
+        ),
+        (
+            "randomize_ids.json",
+            "2:19: RandomizeIds is not supported: gearnat keeps instance ids stable",
+        ),
+        (
+            "single_quotes.json",
+            "2:3: expected a key in double quotes, found `'`",
+        ),
+        (
+            "symlink_loop.json",
+            " the path is a loop of symbolic links; give the path of a JSON file",
+        ),
+        (
+            "too_many_containers.json",
+            "2:16: Containers has 1001 entries, more than gearnat's limit of 1000; ",
+        ),
+        (
+            "too_many_link_entries.json",
+            "4:40: with this link the deployment has 160000 link entries (source in",
+        ),
+        (
+            "too_many_mappings.json",
+            "3:5: with this container the deployment has 54000 mappings (instances ",
+        ),
+        (
+            "top_level_array.json",
+            "1:1: expected an object for a deployment file, found an array",
+        ),
+        (
+            "trailing_comma.json",
+            "4:3: a comma before `]`; remove the trailing comma",
+        ),
         (
             "trailing_garbage.json",
-            "4:1: unexpected `}` after the end of the JSON document",
+            "4:1: unexpected `}` after the end of the JSON document; remove everyth",
         ),
-        ("truncated.json", "4:1: the file ends inside an object"),
+        (
+            "truncated.json",
+            "4:1: the file ends inside an object; expected a key in double quotes (",
+        ),
+        (
+            "truncated_after_key.json",
+            "2:15: the file ends inside an object; expected `:` after the key (the ",
+        ),
+        (
+            "truncated_in_string.json",
+            "3:13: this string is never closed; add the closing `\"`",
+        ),
         (
             "unknown_key_publicport.json",
-            "6:7: unknown key \"publicport\" in a container; did you",
+            "6:7: unknown key \"publicport\" in a container; did you mean \"publicport",
+        ),
+        (
+            "unknown_protocol.json",
+            "3:70: unknown Protocol \"sctp\"; use \"tcp\" or \"udp\"",
         ),
     ];
     let mut names: Vec<String> = std::fs::read_dir(bad_fixture(""))
@@ -871,95 +1053,119 @@ fn raw_form_serializes_in_geards_camel_case() {
     );
 }
 
-/// Files of half the size limit built to make a careless checker quadratic: all four are read in
-/// a few seconds in a debug build (a quadratic checker takes many minutes).
+/// Links in a cycle are legitimate, as in geard: two services that dial each other (a <-> b)
+/// each get the other's ports.
 #[test]
-fn large_files_stay_cheap() {
-    let near_limit = |item: &dyn Fn(usize) -> String, open: &str, close: &str| {
-        let mut s = open.to_string();
-        let mut i = 0;
-        while s.len() < MAX_FILE_BYTES as usize / 2 {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(&item(i));
-            i += 1;
-        }
-        s + close
-    };
-    let start = std::time::Instant::now();
-    // Distinct keys in one object.
-    let keys = near_limit(&|i| format!("\"k{i}\":0"), "{", "}");
-    let lines = errors(&keys);
-    assert_eq!(lines.len(), MAX_PROBLEMS_SHOWN + 1);
-    // Link ports.
-    let ports = near_limit(
-        &|i| format!("{}", 1 + i % 65535),
-        &linked_prefix(),
-        "]}]}]}",
-    );
-    errors(&ports);
-    // Links.
-    let links = near_limit(&|_| "{\"To\": \"db\"}".to_string(), &links_prefix(), "]}]}");
-    errors(&links);
-    // Instance ports.
-    let inst = near_limit(
-        &|i| format!("{{\"Internal\": {}, \"External\": 1}}", 1 + i % 65535),
-        "{\"Instances\": [{\"Id\": \"db-1\", \"Ports\": [",
-        "]}]}",
-    );
-    let _ = parse(&inst, "seed.json", "seed");
-    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
+fn a_link_cycle_is_a_valid_deployment() {
+    let d = ok(&with(
+        r#"{"Name": "ping", "Count": 1, "PublicPorts": [{"Internal": 80}], "Links": [{"To": "pong"}]},
+{"Name": "pong", "Count": 2, "PublicPorts": [{"Internal": 81}], "Links": [{"To": "ping"}]}"#,
+    ));
+    assert_eq!(d.containers[0].links[0].to, "pong");
+    assert_eq!(d.containers[1].links[0].to, "ping");
 }
 
-fn linked_prefix() -> String {
-    format!("{{\"Containers\": [{DB}, {{\"Name\": \"web\", \"Count\": 1, \"Links\": [{{\"To\": \"db\", \"Ports\": [")
-}
-
-fn links_prefix() -> String {
-    format!("{{\"Containers\": [{DB}, {{\"Name\": \"web\", \"Count\": 0, \"Links\": [")
-}
-
-/// Thousands of damaged copies of the geard output file (bytes deleted, inserted, truncated):
-/// each is accepted or refused with messages, never a panic.
+/// geard's cluster examples link a container to itself.
 #[test]
-fn damaged_files_never_panic() {
-    let source =
-        std::fs::read_to_string(fixture("rockmongo_mongodb.json.20140422-072112")).unwrap();
-    let alphabet: Vec<char> = "{}[]:,\"\\ 0123456789-.eEtrufalsn\u{e9}\u{1F600}\nxuD8"
-        .chars()
+fn a_container_may_link_to_itself() {
+    let source = r#"{"Containers": [
+  {"Name": "db", "Count": 2, "PublicPorts": [{"Internal": 27017}],
+   "Links": [{"To": "db", "NonLocal": true, "MatchPort": true}]}
+]}"#;
+    let d = parse(source, "cluster.json", "cluster").unwrap();
+    assert_eq!(d.containers[0].links[0].to, "db");
+    assert!(d.containers[0].links[0].non_local && d.containers[0].links[0].match_port);
+}
+
+/// Files built to make the checks slow or the messages huge are refused quickly, each message
+/// line short. Each case once cost seconds to minutes (a did-you-mean over two 60,000-character
+/// names, quadratic scans of a link's Ports, of an instance's Ports or of the target's public
+/// ports for every link) or printed its 100,000-digit number back.
+#[test]
+fn hostile_files_are_refused_quickly_with_short_messages() {
+    let long_names = with(&format!(
+        r#"{{"Name": "{}", "Count": 1, "PublicPorts": [{{"Internal": 80}}]}},
+{{"Name": "web", "Count": 1, "Links": [{{"To": "{}"}}]}}"#,
+        "a".repeat(60_000),
+        "b".repeat(60_000)
+    ));
+    let many_keys = format!(
+        "{{{}}}",
+        (0..200_000)
+            .map(|i| format!("\"k{i}\": 1"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let published: Vec<String> = (1..=10_000)
+        .map(|i| format!("{{\"Internal\": {i}}}"))
         .collect();
-    // A fixed linear congruential generator: the same cases on every run.
-    let mut state: u64 = 0x2014_0422_0721;
-    let mut next = |n: usize| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as usize % n
-    };
-    for _ in 0..3000 {
-        let mut chars: Vec<char> = source.chars().collect();
-        for _ in 0..1 + next(4) {
-            let at = next(chars.len().max(1)).min(chars.len());
-            match next(3) {
-                0 if at < chars.len() => {
-                    chars.remove(at);
-                }
-                1 => chars.insert(at, alphabet[next(alphabet.len())]),
-                _ => chars.truncate(at.max(1)),
-            }
-        }
-        let text: String = chars.into_iter().collect();
-        match parse(&text, "damaged.json", "damaged") {
-            Ok(_) => {}
-            Err(e) => {
-                let message = e.to_string();
-                assert!(!e.problems().is_empty(), "{message}");
-                assert!(
-                    message.lines().all(|l| l.starts_with("damaged.json:")),
-                    "{message}"
-                );
-            }
+    let listed: Vec<String> = (0..300_000).map(|i| (1 + i % 10_000).to_string()).collect();
+    let many_link_ports = with(&format!(
+        r#"{{"Name": "db", "Count": 1, "PublicPorts": [{}]}},
+{{"Name": "web", "Links": [{{"To": "db", "Ports": [{}]}}]}}"#,
+        published.join(","),
+        listed.join(",")
+    ));
+    let instance_ports: Vec<String> = (0..100_000)
+        .map(|i| {
+            format!(
+                "{{\"Internal\": {p}, \"External\": {p}}}",
+                p = 1 + i % 65_535
+            )
+        })
+        .collect();
+    let many_instance_ports = format!(
+        r#"{{"Containers": [{{"Name": "db", "Count": 1, "PublicPorts": [{{"Internal": 1}}]}}],
+"Instances": [{{"Id": "db-1", "Ports": [{}]}}]}}"#,
+        instance_ports.join(",")
+    );
+    let containers: Vec<String> = (0..1000)
+        .map(|i| {
+            let links = vec![r#"{"To": "c0999"}"#; 200].join(",");
+            format!("{{\"Name\": \"c{i:04}\", \"Links\": [{links}]}}")
+        })
+        .collect();
+    let many_links = with(&containers.join(",\n"));
+    let links = vec![r#"{"To": "db", "Ports": [1]}"#; 100_000].join(",");
+    let many_links_to_many_ports = with(&format!(
+        r#"{{"Name": "db", "Count": 1, "PublicPorts": [{}]}},
+{{"Name": "web", "Links": [{links}]}}"#,
+        published.join(",")
+    ));
+    let long_number = with(&format!(
+        r#"{{"Name": "web", "Count": {}}}"#,
+        "9".repeat(100_000)
+    ));
+    for (what, src) in [
+        ("long names", long_names),
+        ("many keys", many_keys),
+        ("many link ports", many_link_ports),
+        ("many instance ports", many_instance_ports),
+        ("many links", many_links),
+        ("many links to many ports", many_links_to_many_ports),
+        ("long number", long_number),
+    ] {
+        assert!(
+            src.len() as u64 <= MAX_FILE_BYTES,
+            "{what}: {} bytes",
+            src.len()
+        );
+        let started = std::time::Instant::now();
+        let lines = errors(&src);
+        let took = started.elapsed();
+        assert!(took.as_secs() < 10, "{what}: took {took:?}");
+        for line in &lines {
+            assert!(line.len() < 400, "{what}: a line of {} bytes", line.len());
         }
     }
+}
+
+/// A container with Count 0 claims no host port: no instance would hold it, and the host may
+/// give it to another instance (a fuzzing finding, tests/fuzz/findings).
+#[test]
+fn an_external_of_count_zero_claims_nothing() {
+    ok(&with(
+        r#"{"Name": "web", "PublicPorts": [{"Internal": 80, "External": 4000}]},
+{"Name": "api", "Count": 1, "PublicPorts": [{"Internal": 81, "External": 4000}]}"#,
+    ));
 }

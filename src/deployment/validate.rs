@@ -1,4 +1,4 @@
-//! From the raw file to [`Deployment`]: every check of meaning, each problem with the
+//! From the raw file to [`model::Deployment`]: every check of meaning, each problem with the
 //! position of the value at fault and a way to fix it.
 //!
 //! The size limits come first, so a huge file costs nothing more than reading it; then the
@@ -6,13 +6,14 @@
 //! last the `Instances` of a geard output file, which pin host ports geard already gave.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use super::json::Pos;
 use super::raw::{
-    edit_distance, RawAliasPort, RawContainer, RawDeployment, RawInstance, RawLink, RawPublicPort,
+    closest, RawAliasPort, RawContainer, RawDeployment, RawInstance, RawLink, RawPublicPort,
     Spanned,
 };
-use super::{Problem, MAX_COUNT, MAX_LINK_ENTRIES, MAX_MAPPINGS};
+use super::{Problem, Shown, ShownBare, MAX_COUNT, MAX_LINK_ENTRIES, MAX_MAPPINGS};
 use crate::model::{
     Container, Deployment, EnvVar, InstanceNumber, Link, PinnedPort, Proto, PublicPort,
 };
@@ -28,40 +29,48 @@ const ENV_VALUE_MAX: usize = 8 * 1024;
 
 const PORT_RANGE: &str = "use 1..65535";
 
-/// Checks the raw file and builds the deployment named `name`, or returns every problem found.
 pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Problem>> {
     let mut v = Validator::default();
-    // The first container of a name is the one links reach, as in geard's `Containers.Find`.
-    for (i, c) in raw.containers.iter().enumerate() {
-        if let Some(name) = name_of(c) {
-            v.names.entry(name.to_string()).or_insert(i);
-        }
-    }
-    v.limits(raw);
+    let by_name = container_index(raw);
+    v.limits(raw, &by_name);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
-    v.top_level(raw);
+    if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
+        v.problem(
+            r.pos,
+            "RandomizeIds is not supported: gearnat keeps instance ids stable; remove it",
+        );
+    }
     let id_prefix = raw
         .id_prefix
         .as_ref()
         .map(|p| p.value.clone())
         .unwrap_or_default();
+    if let Some(prefix) = &raw.id_prefix {
+        if let Some(c) = bad_id_char(&prefix.value) {
+            v.problem(
+                prefix.pos,
+                format!(
+                    "IdPrefix {} contains {}, which geard's instance ids may not contain \
+                     ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
+                    Shown(&prefix.value),
+                    quote_char(c)
+                ),
+            );
+        }
+    }
     let mut containers: Vec<Container> = raw
         .containers
         .iter()
         .map(|c| v.container(c, &id_prefix, raw.id_prefix.is_some()))
         .collect();
     v.duplicate_names(raw);
-    let published: Vec<HashSet<u16>> = containers
-        .iter()
-        .map(|c| c.public_ports.iter().map(|p| p.internal).collect())
-        .collect();
     for (i, c) in raw.containers.iter().enumerate() {
         let links = c
             .links
             .iter()
-            .map(|l| v.link(&containers, &published, l))
+            .map(|l| v.link(&by_name, &containers, l))
             .collect::<Vec<_>>();
         containers[i].links = links.into_iter().flatten().collect();
         v.duplicate_links(c);
@@ -83,8 +92,8 @@ struct Validator {
     problems: Vec<Problem>,
     /// Host ports claimed so far: (External, protocol) -> who claims it, for messages.
     claims: HashMap<(u16, Proto), (String, Pos)>,
-    /// Container name -> index of the first container of that name.
-    names: HashMap<String, usize>,
+    /// The internal ports each link target publishes, by container index, made once.
+    published: HashMap<usize, Rc<HashSet<u16>>>,
 }
 
 impl Validator {
@@ -95,34 +104,9 @@ impl Validator {
         });
     }
 
-    /// `RandomizeIds` and `IdPrefix`.
-    fn top_level(&mut self, raw: &RawDeployment) {
-        // geard's random ids were longer than its own id rule allowed, and an id that changes on
-        // every deployment would make every instance new each time.
-        if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
-            self.problem(
-                r.pos,
-                "RandomizeIds is not supported: gearnat keeps instance ids stable; remove it",
-            );
-        }
-        if let Some(prefix) = &raw.id_prefix {
-            if let Some(c) = bad_id_char(&prefix.value) {
-                self.problem(
-                    prefix.pos,
-                    format!(
-                        "IdPrefix {:?} contains {}, which geard's instance ids may not contain \
-                         ({ID_RULE}); use letters, digits, \"_\", \"-\" and \".\"",
-                        prefix.value,
-                        quote_char(c)
-                    ),
-                );
-            }
-        }
-    }
-
     /// [`MAX_COUNT`], [`MAX_MAPPINGS`] and [`MAX_LINK_ENTRIES`]; the limits on array lengths
     /// were checked while building the raw file.
-    fn limits(&mut self, raw: &RawDeployment) {
+    fn limits(&mut self, raw: &RawDeployment, by_name: &HashMap<&str, usize>) {
         let count = |c: &RawContainer| c.count.as_ref().map_or(0, |n| n.value.clamp(0, i64::MAX));
         let mut mappings: u64 = 0;
         for c in &raw.containers {
@@ -156,8 +140,9 @@ impl Validator {
         let mut entries: u64 = 0;
         for c in &raw.containers {
             for l in &c.links {
-                let to = l.to.as_ref().and_then(|t| self.names.get(&t.value));
-                let Some(target) = to.map(|&t| &raw.containers[t]) else {
+                let to = l.to.as_ref().map(|t| t.value.as_str());
+                let Some(target) = to.and_then(|t| by_name.get(t)).map(|&i| &raw.containers[i])
+                else {
                     continue;
                 };
                 let linked = if l.ports.is_empty() && l.alias_ports.is_empty() {
@@ -232,10 +217,10 @@ impl Validator {
             self.problem(
                 name.pos,
                 format!(
-                    "container name {:?} contains {}{slash}; instance ids (IdPrefix + Name + \"-\" \
+                    "container name {} contains {}{slash}; instance ids (IdPrefix + Name + \"-\" \
                      + N) must match geard's rule {ID_RULE}: use letters, digits, \"_\", \"-\" \
                      and \".\"",
-                    name.value,
+                    Shown(&name.value),
                     quote_char(c)
                 ),
             );
@@ -252,8 +237,9 @@ impl Validator {
             self.problem(
                 name.pos,
                 format!(
-                    "instance id {first:?} has {} characters, fewer than {ID_MIN} (geard's rule \
+                    "instance id {} has {} characters, fewer than {ID_MIN} (geard's rule \
                      {ID_RULE}); use a longer Name{and_prefix}",
+                    Shown(&first),
                     first.len()
                 ),
             );
@@ -261,8 +247,9 @@ impl Validator {
             self.problem(
                 name.pos,
                 format!(
-                    "instance id {last:?} has {} characters, more than {ID_MAX} (geard's rule \
+                    "instance id {} has {} characters, more than {ID_MAX} (geard's rule \
                      {ID_RULE}); shorten the Name{and_prefix} by {}",
+                    Shown(&last),
                     last.len(),
                     last.len() - ID_MAX
                 ),
@@ -280,10 +267,10 @@ impl Validator {
                 Some(p) => self.problem(
                     n.pos,
                     format!(
-                        "a second container named {:?} (the first is at {}); rename one of \
+                        "a second container named {} (the first is at line {}); rename one of \
                          them",
-                        n.value,
-                        at(*p)
+                        Shown(&n.value),
+                        p.line
                     ),
                 ),
                 None => {
@@ -308,17 +295,14 @@ impl Validator {
                     self.problem(
                         pos,
                         format!(
-                            "Internal {}/{} is published twice in this container (also at {}); \
-                             remove one of them",
-                            port.internal,
-                            port.proto,
-                            at(*first)
+                            "Internal {}/{} is published twice in this container (also at line \
+                             {}); remove one of them",
+                            port.internal, port.proto, first.line
                         ),
                     );
                 }
                 None => {
-                    let pos = p.internal.as_ref().map_or(p.pos, |i| i.pos);
-                    seen.insert((port.internal, port.proto), pos);
+                    seen.insert((port.internal, port.proto), p.pos);
                     if let (Some(external), Some(e)) = (port.external, &p.external) {
                         self.explicit_external(external, port.proto, name, count, e.pos);
                     }
@@ -370,7 +354,10 @@ impl Validator {
             _ => {
                 self.problem(
                     p.pos,
-                    format!("unknown Protocol {:?}; use \"tcp\" or \"udp\"", p.value),
+                    format!(
+                        "unknown Protocol {}; use \"tcp\" or \"udp\"",
+                        Shown(&p.value)
+                    ),
                 );
                 None
             }
@@ -383,22 +370,28 @@ impl Validator {
                 pos,
                 format!(
                     "External {external} would be the host port of all {count} instances of \
-                     {name:?}, but a host port reaches one instance; leave External out (the \
-                     host picks one per instance) or set Count to 1"
+                     {}, but a host port reaches one instance; leave External out (the \
+                     host picks one per instance) or set Count to 1",
+                    Shown(name)
                 ),
             );
         }
-        self.claim(external, proto, format!("container {name:?}"), pos);
+        // A container with Count 0 has no instance to hold its External, and the host may give
+        // that port to another instance (found by fuzzing: the saved file of such a deployment
+        // then claimed the port twice and could not be read back).
+        if count > 0 {
+            self.claim(external, proto, format!("container {}", Shown(name)), pos);
+        }
     }
 
     /// Records a claim on a host port, or reports the clash with an earlier one.
     fn claim(&mut self, external: u16, proto: Proto, who: String, pos: Pos) -> bool {
         match self.claims.get(&(external, proto)) {
-            Some((other, first)) => {
+            Some((other, at)) => {
                 let message = format!(
-                    "host port {external}/{proto} is already claimed by {other} (at {}); \
+                    "host port {external}/{proto} is already claimed by {other} (line {}); \
                      choose another External, or leave it out to let the host pick",
-                    at(*first)
+                    at.line
                 );
                 self.problem(pos, message);
                 false
@@ -444,8 +437,9 @@ impl Validator {
                 self.problem(
                     v.pos,
                     format!(
-                        "the value of {name:?} has {} bytes, more than geard's limit of \
+                        "the value of {} has {} bytes, more than geard's limit of \
                          {ENV_VALUE_MAX} (8 KiB); shorten it",
+                        ShownBare(&name),
                         v.value.len()
                     ),
                 );
@@ -456,32 +450,31 @@ impl Validator {
         out
     }
 
-    /// One link; `published` holds each container's internal ports.
     fn link(
         &mut self,
+        by_name: &HashMap<&str, usize>,
         containers: &[Container],
-        published: &[HashSet<u16>],
         l: &RawLink,
     ) -> Option<Link> {
         let Some(to) = &l.to else {
             // Reported with the raw file.
             return None;
         };
-        let Some(&target) = self.names.get(&to.value) else {
+        let Some(&target) = by_name.get(to.value.as_str()) else {
             let message = unknown_container(&to.value, containers);
             self.problem(to.pos, message);
             return None;
         };
+        // A container may link to itself: geard's own examples do, for database clusters
+        // whose instances dial each other (`{"To": "db", "NonLocal": true, "MatchPort": true}`).
         let t = &containers[target];
-        // A container may link to itself: geard's own examples do, for database clusters whose
-        // instances dial each other (`{"To": "db", "NonLocal": true, "MatchPort": true}`).
         if t.count == 0 {
             self.problem(
                 to.pos,
                 format!(
-                    "link to {:?}, which has Count 0: nothing to link to; raise its count or \
+                    "link to {}, which has Count 0: nothing to link to; raise its count or \
                      remove the link",
-                    t.name
+                    Shown(&t.name)
                 ),
             );
             return None;
@@ -490,19 +483,25 @@ impl Validator {
             self.problem(
                 to.pos,
                 format!(
-                    "link to {:?}, which has no public ports; add PublicPorts to {:?} or remove \
-                     the link",
-                    t.name, t.name
+                    "link to {name}, which has no public ports; add PublicPorts to {name} or \
+                     remove the link",
+                    name = Shown(&t.name)
                 ),
             );
             return None;
         }
-        let published = &published[target];
+        // Sets beside the lists: a hostile link can name hundreds of thousands of ports, and a
+        // file can hold 150,000 links to a container with 10,000 public ports.
+        let published = Rc::clone(
+            self.published
+                .entry(target)
+                .or_insert_with(|| Rc::new(t.public_ports.iter().map(|p| p.internal).collect())),
+        );
         let mut ports: Vec<u16> = Vec::new();
         let mut listed: HashSet<u16> = HashSet::new();
         let mut ok = true;
         for p in &l.ports {
-            match self.linked_port(p, t, published, "in Ports") {
+            match self.linked_port(p, t, &published, "in Ports") {
                 Some(port) if !listed.insert(port) => {
                     self.problem(p.pos, format!("port {port} is listed twice; remove one"));
                 }
@@ -513,14 +512,15 @@ impl Validator {
         let mut alias_ports: Vec<(u16, u16)> = Vec::new();
         let mut aliased: HashSet<u16> = HashSet::new();
         for a in &l.alias_ports {
-            match self.alias_port(a, t, published) {
-                Some((internal, _)) if !aliased.insert(internal) => {
+            match self.alias_port(a, t, &published) {
+                Some((internal, _)) if aliased.contains(&internal) => {
                     self.problem(
                         a.pos,
                         format!("AliasPorts names port {internal} twice; remove one"),
                     );
                 }
                 Some((internal, dial)) => {
+                    aliased.insert(internal);
                     // geard links a port named only in AliasPorts as well (links.go).
                     if listed.insert(internal) {
                         ports.push(internal);
@@ -553,18 +553,21 @@ impl Validator {
         if published.contains(&port) {
             return Some(port);
         }
-        let mut list: Vec<u16> = published.iter().copied().collect();
-        list.sort_unstable();
-        let mut published: Vec<String> = list.iter().take(10).map(u16::to_string).collect();
-        if list.len() > 10 {
+        let mut published: Vec<String> = target
+            .public_ports
+            .iter()
+            .take(10)
+            .map(|pp| pp.internal.to_string())
+            .collect();
+        if target.public_ports.len() > 10 {
             published.push("...".to_string());
         }
         self.problem(
             p.pos,
             format!(
-                "port {port} {what} is not a public port of {:?} (it publishes {}); use one of \
+                "port {port} {what} is not a public port of {} (it publishes {}); use one of \
                  those, or add {port} to its PublicPorts",
-                target.name,
+                Shown(&target.name),
                 published.join(", ")
             ),
         );
@@ -600,10 +603,10 @@ impl Validator {
                 Some(p) => self.problem(
                     to.pos,
                     format!(
-                        "a second link to {:?} in this container (the first is at {}); \
+                        "a second link to {} in this container (the first is at line {}); \
                          merge them into one link",
-                        to.value,
-                        at(*p)
+                        Shown(&to.value),
+                        p.line
                     ),
                 ),
                 None => {
@@ -622,40 +625,44 @@ impl Validator {
         containers: &[Container],
         prefix: &str,
     ) -> Vec<PinnedPort> {
-        // Per container, the public ports whose host port the host picks.
-        let picked_by_host: Vec<HashSet<(u16, Proto)>> = containers
+        let by_name: HashMap<&str, usize> = containers
             .iter()
-            .map(|c| {
-                let picked = c.public_ports.iter().filter(|p| p.external.is_none());
-                picked.map(|p| (p.internal, p.proto)).collect()
-            })
+            .enumerate()
+            .rev() // the first of two equal names wins, as in geard's Find
+            .map(|(i, c)| (c.name.as_str(), i))
             .collect();
-        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        let mut seen: HashMap<String, Pos> = HashMap::new();
         let mut pinned = Vec::new();
         for inst in &raw.instances {
             let ports = self.instance_ports(inst);
             let Some(id) = &inst.id else { continue };
-            if let Some(first) = seen.get(id.value.as_str()) {
+            if let Some(first) = seen.get(&id.value) {
                 self.problem(
                     id.pos,
                     format!(
-                        "instance {:?} is listed twice in Instances (first at {}); remove \
+                        "instance {} is listed twice in Instances (first at line {}); remove \
                          one of them",
-                        id.value,
-                        at(*first)
+                        Shown(&id.value),
+                        first.line
                     ),
                 );
                 continue;
             }
-            seen.insert(&id.value, id.pos);
-            let Some(instance) = self.instance_number(&id.value, prefix, containers) else {
+            seen.insert(id.value.clone(), id.pos);
+            let Some(instance) = instance_number(&id.value, prefix, &by_name, containers) else {
                 continue;
             };
+            let picked_by_host: HashSet<(u16, Proto)> = containers[instance.container]
+                .public_ports
+                .iter()
+                .filter(|p| p.external.is_none())
+                .map(|p| (p.internal, p.proto))
+                .collect();
             for (internal, proto, external, pos) in ports {
-                if !picked_by_host[instance.container].contains(&(internal, proto)) {
+                if !picked_by_host.contains(&(internal, proto)) {
                     continue;
                 }
-                let who = format!("instance {:?} in Instances", id.value);
+                let who = format!("instance {} in Instances", Shown(&id.value));
                 if self.claim(external, proto, who, pos) {
                     pinned.push(PinnedPort {
                         instance,
@@ -685,10 +692,11 @@ impl Validator {
             let external = match &p.external {
                 Some(e) if e.value != 0 => self
                     .port(e, "use 1..65535, or 0 to let the host pick")
-                    .map(|x| Some((x, e.pos))),
-                _ => Some(None),
+                    .map(|x| (x, e.pos)),
+                _ => None,
             };
-            let (Some(internal), Some(proto), Some(external)) = (internal, proto, external) else {
+            let (Some(internal), Some(proto), Some((external, pos))) = (internal, proto, external)
+            else {
                 continue;
             };
             if !seen.insert((internal, proto)) {
@@ -701,37 +709,21 @@ impl Validator {
                 );
                 continue;
             }
-            if let Some((external, pos)) = external {
-                out.push((internal, proto, external, pos));
-            }
+            out.push((internal, proto, external, pos));
         }
         out
     }
-
-    /// Which instance an id names: `prefix + name + "-" + N` with N in 1..=Count, N written as
-    /// geard wrote it (no leading zeros).
-    fn instance_number(
-        &self,
-        id: &str,
-        prefix: &str,
-        containers: &[Container],
-    ) -> Option<InstanceNumber> {
-        let (name, n) = id.strip_prefix(prefix)?.rsplit_once('-')?;
-        let container = *self.names.get(name)?;
-        if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u32 = n.parse().ok()?;
-        let count = containers[container].count;
-        (1..=count)
-            .contains(&n)
-            .then_some(InstanceNumber { container, n })
-    }
 }
 
-/// A position for a message that refers to another place in the file.
-fn at(pos: Pos) -> String {
-    format!("line {}, column {}", pos.line, pos.col)
+/// Each container name to the index of the first container with it.
+fn container_index(raw: &RawDeployment) -> HashMap<&str, usize> {
+    let mut out = HashMap::new();
+    for (i, c) in raw.containers.iter().enumerate() {
+        if let Some(name) = name_of(c) {
+            out.entry(name).or_insert(i);
+        }
+    }
+    out
 }
 
 fn name_of(c: &RawContainer) -> Option<&str> {
@@ -741,34 +733,51 @@ fn name_of(c: &RawContainer) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// Which instance an id names: `prefix + name + "-" + N` with N in 1..=Count, written as geard
+/// wrote it (no leading zeros).
+fn instance_number(
+    id: &str,
+    prefix: &str,
+    by_name: &HashMap<&str, usize>,
+    containers: &[Container],
+) -> Option<InstanceNumber> {
+    let (name, n) = id.strip_prefix(prefix)?.rsplit_once('-')?;
+    let container = *by_name.get(name)?;
+    if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = n.parse().ok()?;
+    (1..=containers[container].count)
+        .contains(&n)
+        .then_some(InstanceNumber { container, n })
+}
+
 fn unknown_container(name: &str, containers: &[Container]) -> String {
     let names: Vec<&str> = containers
         .iter()
         .map(|c| c.name.as_str())
         .filter(|n| !n.is_empty())
         .collect();
-    let lower = name.to_lowercase();
-    let closest = names
-        .iter()
-        .map(|n| (edit_distance(&lower, &n.to_lowercase()), *n))
-        .min_by_key(|(d, _)| *d)
-        .filter(|(d, n)| *d <= (n.chars().count() / 3).max(1));
-    match closest {
-        Some((_, n)) => format!("link to unknown container {name:?}; did you mean {n:?}?"),
+    let name = Shown(name);
+    match closest(name.0, names.iter().copied(), str::to_lowercase) {
+        Some(n) => format!(
+            "link to unknown container {name}; did you mean {}?",
+            Shown(n)
+        ),
         None if names.is_empty() => {
-            format!("link to unknown container {name:?}; the file has no containers to link to")
+            format!("link to unknown container {name}; the file has no containers to link to")
         }
         None => {
             let mut list = names
                 .iter()
                 .take(10)
-                .map(|n| format!("{n:?}"))
+                .map(|n| Shown(n).to_string())
                 .collect::<Vec<_>>();
             if names.len() > 10 {
                 list.push("...".to_string());
             }
             format!(
-                "link to unknown container {name:?}; use the Name of one of the containers ({})",
+                "link to unknown container {name}; use the Name of one of the containers ({})",
                 list.join(", ")
             )
         }

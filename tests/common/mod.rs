@@ -71,6 +71,12 @@ impl TestHost {
             .prefix(&format!("gearnat-{tag}-"))
             .tempdir()
             .expect("creating the state directory");
+        // As gearnat makes its own: private (a wider one is warned about on every run).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o700);
+            std::fs::set_permissions(state_dir.path(), private).expect("chmod 700 state dir");
+        }
         let test_host = TestHost {
             host: format!("{tag}h"),
             client: format!("{tag}c"),
@@ -353,7 +359,11 @@ pub fn udp_request(
     })
     .map_err(io::Error::other)?
 }
+mod kernel;
 mod nft;
+mod state;
+#[allow(unused_imports)]
+pub use kernel::*;
 #[allow(unused_imports)]
 pub use nft::*;
 
@@ -364,3 +374,5 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|p| p.join(name))
         .find(|p| p.is_file())
 }
+#[allow(unused_imports)]
+pub use state::*;
