@@ -5,15 +5,12 @@
 mod common;
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
-use common::{nft_list, require_root, serve_tcp, tcp_request, TestHost};
-
-const TIMEOUT: Duration = Duration::from_secs(3);
+use common::{addr, nft_list, reach, require_root, serve_tcp, tcp_request, write_file, TestHost};
 
 /// The seed's deployment, with the test's tag as IdPrefix so instance namespaces are its own.
 fn seed(tag: &str) -> String {
@@ -37,48 +34,6 @@ fn seed(tag: &str) -> String {
   ]
 }}"#
     )
-}
-
-/// Writes a deployment file into the test's own folder.
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    fs::write(&path, text).unwrap();
-    path
-}
-
-fn run(host: &TestHost, args: &[&str]) -> Output {
-    let out = host.gearnat(args);
-    eprintln!(
-        "$ gearnat {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn apply_ok(host: &TestHost, file: &std::path::Path) -> String {
-    let out = run(host, &["apply", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "apply failed");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// Waits until `ns` can reach `to` and returns the reply, or fails after a bounded number of
-/// tries (a fresh veth may take a moment to pass traffic).
-fn reach(ns: &str, to: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..20 {
-        match tcp_request(ns, addr(to), TIMEOUT) {
-            Ok(reply) => return reply,
-            Err(e) => last = e.to_string(),
-        }
-        sleep(Duration::from_millis(100));
-    }
-    panic!("{ns} cannot reach {to}: {last}");
 }
 
 fn unreachable(ns: &str, to: &str) {
@@ -107,8 +62,8 @@ fn seed_public_port_and_link_carry_real_tcp() {
     let tag = host.tag().to_string();
     let tag = tag.as_str();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "seed.json", &seed(tag));
-    let out = apply_ok(&host, &file);
+    let file = write_file(&files, "seed.json", &seed(tag));
+    let out = host.apply_ok(&file);
     assert!(
         out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")),
         "{out}"
@@ -157,7 +112,7 @@ fn seed_public_port_and_link_carry_real_tcp() {
     assert!(guard.contains("ip daddr 127.0.0.0/8 drop"), "{guard}");
 
     // down removes everything gearnat made.
-    let out = run(&host, &["down", file.to_str().unwrap()]);
+    let out = host.run(&["down", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!nft_list(host.host_ns()).contains("gearnat"));
     assert!(!PathBuf::from("/run/netns").join(&rock).exists());
@@ -207,8 +162,8 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
     let tag = host.tag().to_string();
     let tag = tag.as_str();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "seed.json", &seed(tag));
-    apply_ok(&host, &file);
+    let file = write_file(&files, "seed.json", &seed(tag));
+    host.apply_ok(&file);
     let rock = format!("{tag}rockmongo-1");
 
     let monitors = [
@@ -217,26 +172,26 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
         Monitor::links(host.host_ns()),
         Monitor::links(&rock),
     ];
-    let out = apply_ok(&host, &file);
+    let out = host.apply_ok(&file);
     assert!(out.contains("in sync"), "{out}");
     for m in monitors {
         assert_eq!(m.events(), "", "re-apply wrote to the kernel");
     }
-    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    let out = host.run(&["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
-    let out = run(&host, &["diff", "--output", "json", file.to_str().unwrap()]);
+    let out = host.run(&["diff", "--output", "json", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["in_sync"], true);
     assert_eq!(plan["mappings"][0]["Ports"][0]["External"], 6060);
 
     // status draws the seed's figure and reads the kernel.
-    let out = run(&host, &["status"]);
+    let out = host.run(&["status"]);
     let text = String::from_utf8(out.stdout).unwrap();
     let figure = format!("Client -> 6060 -> 80 {rock} 27017 -> 4000 -> 27017 {tag}mongodb-1");
     assert!(text.contains(&figure), "{text}");
     assert!(text.contains("in sync"), "{text}");
-    let out = run(&host, &["status", "--output", "json"]);
+    let out = host.run(&["status", "--output", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status[0]["in_sync"], true);
     // Drift is seen: a host element deleted by hand.
@@ -253,12 +208,12 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
         ],
     );
     assert!(deleted.status.success());
-    let text = String::from_utf8(run(&host, &["status"]).stdout).unwrap();
+    let text = String::from_utf8(host.run(&["status"]).stdout).unwrap();
     assert!(
         text.contains("drifted") && text.contains("(missing)"),
         "{text}"
     );
-    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    let out = host.run(&["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -275,8 +230,8 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
         "\"publicports\":[{\"internal\":80,\"external\":6060}]",
         "\"publicports\":[{\"internal\":80}]",
     );
-    let file = write(&files, "dep.json", &two);
-    apply_ok(&host, &file);
+    let file = write_file(&files, "dep.json", &two);
+    host.apply_ok(&file);
     let rock1 = format!("{tag}rockmongo-1");
     let rock2 = format!("{tag}rockmongo-2");
     let _w1 = serve_tcp(&rock1, addr("0.0.0.0:80"), "rock1");
@@ -290,7 +245,7 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
         .replace("\"links\":[{\"to\":\"mongodb\"}]", "\"links\":[]")
         .replace("\"external\":6060", "\"external\":6070");
     fs::write(&file, one).unwrap();
-    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    let out = host.run(&["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
     let mut changes: Vec<&str> = text
@@ -308,7 +263,7 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
     expected.sort();
     assert_eq!(changes, expected, "{text}");
 
-    apply_ok(&host, &file);
+    host.apply_ok(&file);
     assert_eq!(reach(host.client_ns(), "192.0.2.1:6070"), "rock1");
     unreachable(host.client_ns(), "192.0.2.1:4000");
     unreachable(host.client_ns(), "192.0.2.1:4001");
@@ -322,7 +277,7 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
         !nft_list(&rock1).contains("gearnat"),
         "the link table is left in {rock1}"
     );
-    let out = run(&host, &["diff", file.to_str().unwrap()]);
+    let out = host.run(&["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -358,15 +313,15 @@ fn a_foreign_table_is_untouched_from_apply_to_down() {
     let before = nft(&["list", "table", "inet", "filter"], None);
     assert!(before.contains("tcp dport 9999"), "{before}");
 
-    let file = write(&files, "seed.json", &seed(tag));
-    apply_ok(&host, &file);
+    let file = write_file(&files, "seed.json", &seed(tag));
+    host.apply_ok(&file);
     assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
     let changed = seed(tag).replace("\"external\":6060", "\"external\":6061");
     fs::write(&file, changed).unwrap();
-    apply_ok(&host, &file);
+    host.apply_ok(&file);
     assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
     assert_eq!(
-        run(&host, &["down", file.to_str().unwrap()]).status.code(),
+        host.run(&["down", file.to_str().unwrap()]).status.code(),
         Some(0)
     );
     assert_eq!(nft(&["list", "table", "inet", "filter"], None), before);
@@ -396,7 +351,7 @@ fn the_kernel_holds_the_golden_ruleset() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let golden = fs::read_to_string(root.join("nft/rockmongo_mongodb.nft")).unwrap();
     let file = root.join("tests/deployments/rockmongo_mongodb.json");
-    apply_ok(&host, &file);
+    host.apply_ok(&file);
     let blocks = common::nft_blocks(&golden);
     assert_eq!(blocks.len(), 2, "a host block and rockmongo-1's");
     for (ns, text) in blocks {
@@ -413,7 +368,7 @@ fn the_kernel_holds_the_golden_ruleset() {
         );
     }
     assert_eq!(
-        run(&host, &["down", "--name", "rockmongo_mongodb"])
+        host.run(&["down", "--name", "rockmongo_mongodb"])
             .status
             .code(),
         Some(0)
@@ -431,7 +386,7 @@ fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
     let tag = host.tag().to_string();
     let tag = tag.as_str();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "seed.json", &seed(tag));
+    let file = write_file(&files, "seed.json", &seed(tag));
     let rock = format!("{tag}rockmongo-1");
     let mongo = format!("{tag}mongodb-1");
     // The user made rockmongo-1's namespace; gearnat makes mongodb-1's.
@@ -445,7 +400,7 @@ fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
     let net = ["--bridge", "gnt7", "--subnet", "10.77.0.0/24"];
     let mut args = vec!["apply", file.to_str().unwrap()];
     args.extend(net);
-    let out = run(&host, &args);
+    let out = host.run(&args);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -465,7 +420,7 @@ fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
 
     let mut args = vec!["down", file.to_str().unwrap()];
     args.extend(net);
-    assert_eq!(run(&host, &args).status.code(), Some(0));
+    assert_eq!(host.run(&args).status.code(), Some(0));
     assert!(
         gearnat::netns::exists_named(&rock),
         "a found namespace was deleted"
@@ -494,14 +449,14 @@ fn deployments_leave_each_other_alone() {
     let tag = host.tag().to_string();
     let tag = tag.as_str();
     let files = tempfile::tempdir().unwrap();
-    let first = write(&files, "first.json", &seed(tag));
+    let first = write_file(&files, "first.json", &seed(tag));
     let second = seed(tag)
         .replace("\"rockmongo\"", "\"web\"")
         .replace("mongodb", "db")
         .replace("\"external\":6060", "\"external\":7070");
-    let second = write(&files, "second.json", &second);
-    apply_ok(&host, &first);
-    let out = apply_ok(&host, &second);
+    let second = write_file(&files, "second.json", &second);
+    host.apply_ok(&first);
+    let out = host.apply_ok(&second);
     assert!(
         out.contains(&format!("{tag}db-1: PortMapping: 27017 -> 4001")),
         "{out}"
@@ -516,16 +471,16 @@ fn deployments_leave_each_other_alone() {
     assert_eq!(reach(host.client_ns(), "192.0.2.1:7070"), "web");
 
     // Re-applying the first changes nothing of the second, and diff of either is in sync.
-    assert!(apply_ok(&host, &first).contains("in sync"));
+    assert!(host.apply_ok(&first).contains("in sync"));
     for file in [&first, &second] {
         assert_eq!(
-            run(&host, &["diff", file.to_str().unwrap()]).status.code(),
+            host.run(&["diff", file.to_str().unwrap()]).status.code(),
             Some(0)
         );
     }
     // Down of the first leaves the second's mappings, table and bridge.
     assert_eq!(
-        run(&host, &["down", first.to_str().unwrap()]).status.code(),
+        host.run(&["down", first.to_str().unwrap()]).status.code(),
         Some(0)
     );
     unreachable(host.client_ns(), "192.0.2.1:6060");
@@ -536,9 +491,7 @@ fn deployments_leave_each_other_alone() {
         "{table}"
     );
     assert_eq!(
-        run(&host, &["diff", second.to_str().unwrap()])
-            .status
-            .code(),
+        host.run(&["diff", second.to_str().unwrap()]).status.code(),
         Some(0)
     );
 }
@@ -553,8 +506,8 @@ fn instances_reach_other_hosts_with_the_hosts_address() {
     let host = TestHost::new("ga09");
     let tag = host.tag().to_string();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "seed.json", &seed(&tag));
-    apply_ok(&host, &file);
+    let file = write_file(&files, "seed.json", &seed(&tag));
+    host.apply_ok(&file);
     let out = common::exec(host.client_ns(), &["ip", "route", "del", "default"]);
     assert!(out.status.success());
     let _outside = serve_tcp(host.client_ns(), addr("192.0.2.2:9000"), "outside");

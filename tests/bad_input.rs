@@ -7,7 +7,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use common::{nft_list, require_root, state_files, TestHost};
 
@@ -20,17 +19,6 @@ fn seed(tag: &str) -> String {
   {{"name": "db", "count": 1, "publicports": [{{"internal": 27017}}]}}
 ]}}"#
     )
-}
-
-fn run(host: &TestHost, args: &[&str]) -> Output {
-    let out = host.gearnat(args);
-    eprintln!(
-        "$ gearnat {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// What gearnat could have changed: the host's ruleset, each instance namespace's, the
@@ -61,7 +49,7 @@ fn snapshot(host: &TestHost) -> Snapshot {
 /// Refused with exit 2 and one line naming the file (and for a problem inside the file, its
 /// line and column); no panic, no change.
 fn refused(host: &TestHost, command: &str, bad: &Path, before: &Snapshot) -> String {
-    let out = run(host, &[command, bad.to_str().unwrap()]);
+    let out = host.run(&[command, bad.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let shown = format!("{command} {}", bad.display());
     assert_eq!(out.status.code(), Some(2), "{shown}: {stderr}");
@@ -96,7 +84,7 @@ fn bad_files_change_nothing() {
     let file = files.path().join("seed.json");
     fs::write(&file, seed(host.tag())).unwrap();
     assert_eq!(
-        run(&host, &["apply", file.to_str().unwrap()]).status.code(),
+        host.run(&["apply", file.to_str().unwrap()]).status.code(),
         Some(0)
     );
     let before = snapshot(&host);
@@ -117,7 +105,7 @@ fn bad_files_change_nothing() {
 
     // A file that is missing, and a deployment name that is a path.
     refused(&host, "apply", &dir.join("missing.json"), &before);
-    let out = run(&host, &["apply", "--name", "../x", file.to_str().unwrap()]);
+    let out = host.run(&["apply", "--name", "../x", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("contains \"/\""));
     assert!(snapshot(&host) == before);
@@ -135,9 +123,7 @@ fn an_external_held_by_another_deployment_is_refused() {
     let first = files.path().join("first.json");
     fs::write(&first, seed(host.tag())).unwrap();
     assert_eq!(
-        run(&host, &["apply", first.to_str().unwrap()])
-            .status
-            .code(),
+        host.run(&["apply", first.to_str().unwrap()]).status.code(),
         Some(0)
     );
     let before = snapshot(&host);

@@ -22,17 +22,6 @@ fn deployment(tag: &str) -> String {
     )
 }
 
-fn run(host: &TestHost, args: &[&str]) -> Output {
-    let out = host.gearnat(args);
-    eprintln!(
-        "$ gearnat {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -86,7 +75,7 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("web.json");
     fs::write(&file, deployment(host.tag())).unwrap();
-    let out = run(&host, &["apply", file.to_str().unwrap()]);
+    let out = host.run(&["apply", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let text = stderr(&out);
     assert!(
@@ -115,7 +104,7 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
     let out = exec(h, &fix_args);
     assert!(out.status.success(), "{fix}: {}", stderr(&out));
     assert!(reaches(host.client_ns(), "192.0.2.1:6060"));
-    let out = run(&host, &["status"]);
+    let out = host.run(&["status"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 
@@ -123,7 +112,7 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
     let other = "table inet other {\n\tchain screen {\n\t\ttype filter hook forward priority 10; \
                  policy accept;\n\t\tip daddr 10.211.0.0/16 drop\n\t}\n}\n";
     nft(h, &["-f", "-"], Some(other));
-    let out = run(&host, &["status"]);
+    let out = host.run(&["status"]);
     let text = stderr(&out);
     assert!(
         text.contains("warning: table inet other chain screen drops or rejects in rule (handle "),
@@ -134,7 +123,7 @@ fn a_forward_drop_in_another_table_is_reported_with_its_fix() {
     assert!(!text.contains("ip filter"), "{text}");
     let fix_args: Vec<&str> = fix.split(' ').skip(1).collect();
     nft(h, &fix_args, None);
-    let out = run(&host, &["status"]);
+    let out = host.run(&["status"]);
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
     assert!(reaches(host.client_ns(), "192.0.2.1:6060"));
 }
@@ -157,7 +146,7 @@ fn an_iptables_legacy_ruleset_is_reported() {
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("web.json");
     fs::write(&file, deployment(host.tag())).unwrap();
-    let out = run(&host, &["apply", file.to_str().unwrap()]);
+    let out = host.run(&["apply", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let text = stderr(&out);
     assert!(

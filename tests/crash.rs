@@ -6,15 +6,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::{
-    namespaces_with, require_root, serve_tcp, spawn_gearnat, state_parses, table_in, tcp_request,
-    Rng, Table, TestHost,
+    namespaces_with, reach, require_root, serve_tcp, spawn_gearnat, state_parses, table_in, Rng,
+    Table, TestHost,
 };
 
 /// How many times an apply is killed.
@@ -308,25 +307,9 @@ fn after_a_reboot_one_apply_restores_the_same_ports_and_addresses() {
             .find(|(_, h)| h["instance"] == web1.as_str() && h["internal"] == 80)
             .map(|(k, _)| k.strip_prefix("tcp/").unwrap().parse::<u16>().unwrap())
             .unwrap();
-        let to = |p: u16| SocketAddr::from((common::HOST_ADDR, p));
-        assert_eq!(reach(host.client_ns(), to(port)), format!("{name} 81"));
-        assert_eq!(reach(host.client_ns(), to(picked)), format!("{name} 80"));
-        assert_eq!(
-            reach(&web1, "127.0.0.1:5432".parse().unwrap()),
-            format!("{name} db")
-        );
+        let to = |p: u16| format!("{}:{p}", common::HOST_ADDR);
+        assert_eq!(reach(host.client_ns(), &to(port)), format!("{name} 81"));
+        assert_eq!(reach(host.client_ns(), &to(picked)), format!("{name} 80"));
+        assert_eq!(reach(&web1, "127.0.0.1:5432"), format!("{name} db"));
     }
-}
-
-/// The reply from `to` seen from `ns`, retried for a moment (a fresh veth may take a moment).
-fn reach(ns: &str, to: SocketAddr) -> String {
-    let mut last = String::new();
-    for _ in 0..30 {
-        match tcp_request(ns, to, Duration::from_secs(2)) {
-            Ok(reply) => return reply,
-            Err(e) => last = e.to_string(),
-        }
-        sleep(Duration::from_millis(100));
-    }
-    panic!("{ns} cannot reach {to}: {last}");
 }

@@ -12,13 +12,13 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use common::{exec, require_root, serve_tcp, serve_udp, tcp_request, udp_request, TestHost};
+use common::{addr, exec, require_root, serve_tcp, serve_udp, tcp_request, udp_request, TestHost};
 use gearnat::netns::{self, Netns};
 
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -43,27 +43,12 @@ fn deployment(tag: &str) -> String {
     )
 }
 
-fn run(host: &TestHost, args: &[&str]) -> Output {
-    let out = host.gearnat(args);
-    eprintln!(
-        "$ gearnat {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn apply(host: &TestHost, dir: &tempfile::TempDir) -> PathBuf {
     let file = dir.path().join("sec.json");
     fs::write(&file, deployment(host.tag())).unwrap();
-    let out = run(host, &["apply", file.to_str().unwrap()]);
+    let out = host.run(&["apply", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "apply failed");
     file
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
 }
 
 fn instance_addr(ns: &str) -> Ipv4Addr {

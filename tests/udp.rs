@@ -6,13 +6,12 @@
 mod common;
 
 use std::fs;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::net::UdpSocket;
+use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use common::{require_root, serve_udp, udp_request, TestHost};
+use common::{addr, require_root, serve_udp, udp_request, write_file, TestHost};
 use gearnat::netns::{self, Netns};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -31,33 +30,6 @@ fn dns_and_app(tag: &str) -> String {
   ]
 }}"#
     )
-}
-
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    fs::write(&path, text).unwrap();
-    path
-}
-
-fn run(host: &TestHost, args: &[&str]) -> Output {
-    let out = host.gearnat(args);
-    eprintln!(
-        "$ gearnat {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn apply_ok(host: &TestHost, file: &Path) -> String {
-    let out = run(host, &["apply", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "apply failed");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
 }
 
 /// Sends a datagram from `ns` to `to` until one reply comes back (a fresh veth may take a
@@ -87,8 +59,8 @@ fn udp_public_ports_and_links_carry_real_datagrams() {
     let host = TestHost::new("gu01");
     let tag = host.tag().to_string();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "dns.json", &dns_and_app(&tag));
-    let out = apply_ok(&host, &file);
+    let file = write_file(&files, "dns.json", &dns_and_app(&tag));
+    let out = host.apply_ok(&file);
     assert!(out.contains("+ host udp 5353 -> "), "{out}");
     assert!(out.contains(": PortMapping: 53/udp -> 5353"), "{out}");
     assert!(out.contains("127.0.0.1:53 -> 10.211.0.1:5353"), "{out}");
@@ -143,11 +115,11 @@ fn udp_public_ports_and_links_carry_real_datagrams() {
     let resolved = host.state_dir().join("deployments/dns.json");
     let text = fs::read_to_string(&resolved).unwrap();
     assert!(text.contains("\"Protocol\": \"udp\""), "{text}");
-    let copy = write(&files, "dns.json.20140422-072112", &text);
-    let out = apply_ok(&host, &copy);
+    let copy = write_file(&files, "dns.json.20140422-072112", &text);
+    let out = host.apply_ok(&copy);
     assert!(out.contains("in sync"), "{out}");
 
-    let out = run(&host, &["down", file.to_str().unwrap()]);
+    let out = host.run(&["down", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     no_answer(host.client_ns(), "192.0.2.1:5353");
 }
@@ -175,8 +147,8 @@ fn geard_output_form_pins_udp_host_ports() {
   ]
 }}"#
     );
-    let file = write(&files, "syslog.json.20140422-072112", &text);
-    let out = apply_ok(&host, &file);
+    let file = write_file(&files, "syslog.json.20140422-072112", &text);
+    let out = host.apply_ok(&file);
     assert!(out.contains("PortMapping: 514/udp -> 4514"), "{out}");
     let log = format!("{tag}log-1");
     let app = format!("{tag}app-1");
@@ -275,8 +247,8 @@ fn a_udp_flow_follows_its_public_port_to_the_new_instance_at_once() {
     let host = TestHost::new("gu03");
     let tag = host.tag().to_string();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "ct.json", &two_servers(&tag, 5353, 5354, None));
-    apply_ok(&host, &file);
+    let file = write_file(&files, "ct.json", &two_servers(&tag, 5353, 5354, None));
+    host.apply_ok(&file);
     let (a, b) = (format!("{tag}a-1"), format!("{tag}b-1"));
     let _sa = serve_udp(&a, addr("0.0.0.0:53"), "a");
     let _sb = serve_udp(&b, addr("0.0.0.0:53"), "b");
@@ -301,7 +273,7 @@ fn a_udp_flow_follows_its_public_port_to_the_new_instance_at_once() {
 
     // With gearnat: the port moves to b and the very next datagram of the same flow reaches b.
     fs::write(&file, two_servers(&tag, 5355, 5353, None)).unwrap();
-    let out = apply_ok(&host, &file);
+    let out = host.apply_ok(&file);
     let line = format!("- host conntrack udp 5353 -> {a} {addr_a}:53");
     assert!(out.contains(&line), "{out}");
     assert_eq!(client.ask_once("192.0.2.1:5353").as_deref(), Some("b"));
@@ -319,8 +291,8 @@ fn a_udp_flow_follows_its_link_to_the_new_target_at_once() {
     let host = TestHost::new("gu04");
     let tag = host.tag().to_string();
     let files = tempfile::tempdir().unwrap();
-    let file = write(&files, "ct.json", &two_servers(&tag, 5353, 5354, Some("a")));
-    apply_ok(&host, &file);
+    let file = write_file(&files, "ct.json", &two_servers(&tag, 5353, 5354, Some("a")));
+    host.apply_ok(&file);
     let (a, b, app) = (
         format!("{tag}a-1"),
         format!("{tag}b-1"),
@@ -346,7 +318,7 @@ fn a_udp_flow_follows_its_link_to_the_new_target_at_once() {
     nft_script(&app, &element(5353));
 
     fs::write(&file, two_servers(&tag, 5353, 5354, Some("b"))).unwrap();
-    let out = apply_ok(&host, &file);
+    let out = host.apply_ok(&file);
     let line = format!("- {app} conntrack udp 127.0.0.1:53 -> 10.211.0.1:5353");
     assert!(out.contains(&line), "{out}");
     assert_eq!(client.ask_once("127.0.0.1:53").as_deref(), Some("b"));

@@ -376,3 +376,51 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
 }
 #[allow(unused_imports)]
 pub use state::*;
+
+impl TestHost {
+    /// Runs gearnat in the host namespace and echoes the command and what it printed (shown
+    /// when the test fails).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.gearnat(args);
+        eprintln!(
+            "$ gearnat {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `gearnat apply FILE`, which must succeed; what it printed.
+    pub fn apply_ok(&self, file: &Path) -> String {
+        let out = self.run(&["apply", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "apply failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Writes a deployment file into the test's own folder.
+pub fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The reply from `to` seen from `ns`, retried a bounded number of times (a fresh veth may take
+/// a moment to pass traffic); fails the test when it never answers.
+pub fn reach(ns: &str, to: &str) -> String {
+    let to = addr(to);
+    let mut last = String::new();
+    for _ in 0..30 {
+        match tcp_request(ns, to, Duration::from_secs(2)) {
+            Ok(reply) => return reply,
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{ns} cannot reach {to}: {last}");
+}
