@@ -308,27 +308,18 @@ fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, Res
     // a link to 10,000 instances tries 50 million addresses.
     let mut cursors: HashMap<Sequence, u32> = HashMap::new();
     for source in &d.containers {
-        for link in &source.links {
-            let Some(target) = d.container(&link.to) else {
+        for (link, target, key, port) in linked_target_ports(d, source) {
+            if targets.contains_key(&key) {
                 continue;
-            };
-            for n in 1..=target.count {
-                let id = d.instance_id(target, n);
-                for port in linked_ports(link, target) {
-                    let key = (id.clone(), port.proto, port.internal);
-                    if targets.contains_key(&key) {
-                        continue;
-                    }
-                    let addr = free_target(link, port, &taken, &mut cursors).ok_or_else(|| {
-                        ResolveError::TargetsExhausted {
-                            source_container: source.name.clone(),
-                            target: target.name.clone(),
-                        }
-                    })?;
-                    taken.insert((port.proto, addr));
-                    targets.insert(key, addr);
-                }
             }
+            let addr = free_target(link, port, &taken, &mut cursors).ok_or_else(|| {
+                ResolveError::TargetsExhausted {
+                    source_container: source.name.clone(),
+                    target: target.name.clone(),
+                }
+            })?;
+            taken.insert((port.proto, addr));
+            targets.insert(key, addr);
         }
     }
     Ok(targets)
@@ -401,36 +392,41 @@ fn link_targets(
     host_ports: &BTreeMap<PortKey, u16>,
     targets: &BTreeMap<PortKey, SocketAddrV4>,
 ) -> Vec<LinkTarget> {
-    let mut out = Vec::new();
-    for link in &source.links {
-        let Some(target) = d.container(&link.to) else {
+    let mut out: Vec<LinkTarget> = Vec::new();
+    for (_, _, key, port) in linked_target_ports(d, source) {
+        let (Some(dial), Some(host_port)) = (targets.get(&key), host_ports.get(&key)) else {
             continue;
         };
-        for n in 1..=target.count {
-            let id = d.instance_id(target, n);
-            for port in linked_ports(link, target) {
-                let key = (id.clone(), port.proto, port.internal);
-                let (Some(dial), Some(host_port)) = (targets.get(&key), host_ports.get(&key))
-                else {
-                    continue;
-                };
-                if out
-                    .iter()
-                    .any(|l: &LinkTarget| l.proto == port.proto && l.dial == *dial)
-                {
-                    continue;
-                }
-                out.push(LinkTarget {
-                    proto: port.proto,
-                    dial: *dial,
-                    host_port: *host_port,
-                    target_instance: id.clone(),
-                    target_port: port.internal,
-                });
-            }
+        if out.iter().any(|l| l.proto == port.proto && l.dial == *dial) {
+            continue;
         }
+        out.push(LinkTarget {
+            proto: port.proto,
+            dial: *dial,
+            host_port: *host_port,
+            target_instance: key.0,
+            target_port: port.internal,
+        });
     }
     out
+}
+
+/// Every (link, target container, target instance port, public port) that `source`'s links
+/// reach, in file order.
+fn linked_target_ports<'a>(
+    d: &'a Deployment,
+    source: &'a Container,
+) -> impl Iterator<Item = (&'a Link, &'a Container, PortKey, &'a PublicPort)> {
+    source.links.iter().flat_map(move |link| {
+        let target = d.container(&link.to);
+        target.into_iter().flat_map(move |target| {
+            (1..=target.count).flat_map(move |n| {
+                let id = d.instance_id(target, n);
+                linked_ports(link, target)
+                    .map(move |port| (link, target, (id.clone(), port.proto, port.internal), port))
+            })
+        })
+    })
 }
 
 #[cfg(test)]
