@@ -247,8 +247,12 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
 /// gearnat itself let through (Docker's FORWARD policy through DOCKER-USER, firewalld's trusted
 /// zone) is not reported.
 fn report_coexistence(net: &Network) {
+    let findings = crate::coexist::findings(net.pool, &net.bridge);
+    if findings.is_empty() {
+        return;
+    }
     let passes = firewall::passes(&net.bridge);
-    for finding in crate::coexist::findings(net.pool, &net.bridge) {
+    for finding in findings {
         let handled = (passes.iptables_forward
             && finding.starts_with("table ip filter chain FORWARD "))
             || (passes.firewalld && finding.starts_with("firewalld is running"));
