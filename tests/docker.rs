@@ -408,6 +408,79 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> T {
     }
 }
 
+/// A client outside the host: a namespace of the test's own, joined to the root namespace by a
+/// veth whose root end holds an address of the TEST-NET-2 range (198.51.100.0/24, RFC 5737).
+/// Dropping it deletes the namespace, and the veth pair with it.
+struct OutsideClient {
+    ns: String,
+    host: Ipv4Addr,
+}
+
+impl OutsideClient {
+    fn new(env: &Env) -> OutsideClient {
+        let pid = std::process::id();
+        let base = (pid % 60) as u8 * 4;
+        let (host, client) = (
+            Ipv4Addr::new(198, 51, 100, base + 1),
+            Ipv4Addr::new(198, 51, 100, base + 2),
+        );
+        let ns = format!("{}client", env.tag);
+        let root_if = format!("gno{pid}");
+        quiet("ip", &["netns", "delete", &ns]);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &ns],
+            &[
+                "link", "add", &root_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+            &["addr", "add", &format!("{host}/30"), "dev", &root_if],
+            &["link", "set", &root_if, "up"],
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{client}/30"),
+                "dev",
+                "eth0",
+            ],
+            &["-n", &ns, "link", "set", "eth0", "up"],
+            &["-n", &ns, "link", "set", "lo", "up"],
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &host.to_string(),
+            ],
+        ];
+        // Made before the steps run, so that a failing step still removes the namespace.
+        let outside = OutsideClient {
+            ns: ns.clone(),
+            host,
+        };
+        for args in steps {
+            let out = quiet("ip", args);
+            assert!(out.status.success(), "ip {}: {:?}", args.join(" "), out);
+        }
+        outside
+    }
+
+    /// The body of `GET /` from the host's address on this client's link, port `port`.
+    fn http_get(&self, port: u16) -> std::io::Result<String> {
+        let ns = Netns::open_named(&self.ns).map_err(std::io::Error::other)?;
+        let to = SocketAddr::from((self.host, port));
+        netns::run_in(&ns, || http_get(to)).map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for OutsideClient {
+    fn drop(&mut self) {
+        quiet("ip", &["netns", "delete", &self.ns]);
+    }
+}
+
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
@@ -500,6 +573,13 @@ fn containers_are_mapped_linked_recreated_and_removed() {
     let hairpin = SocketAddr::from((env.gateway, port));
     assert_eq!(
         in_container(&web, || http_get(hairpin)).unwrap().unwrap(),
+        "web\n"
+    );
+    // From outside the host, to the host's address on the client's link (forwarded past
+    // Docker's FORWARD policy by gearnat's DOCKER-USER rule).
+    let outside = OutsideClient::new(&env);
+    assert_eq!(
+        eventually("outside client -> web", || outside.http_get(port)),
         "web\n"
     );
 
