@@ -12,6 +12,8 @@
 //! The images are made offline from Debian's busybox-static (`docker import`): busybox httpd
 //! serving "web", and a `nc -ll ... -e echo db` responder for the database.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -757,4 +759,102 @@ fn auto_picks_docker_the_record_keeps_it_and_down_can_keep_containers() {
     // Unwired: its eth0 went with the host end of the veth.
     let eth0 = in_container(&web, || gearnat::link::link_exists("eth0").unwrap()).unwrap();
     assert!(!eth0, "eth0 left inside after down --keep-containers");
+}
+
+/// A registry of the test's own on loopback (Debian's `docker-registry`), stopped on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(program: &Path, port: u16) -> Registry {
+        let store = tempfile::tempdir().unwrap();
+        let config = store.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: \
+                 127.0.0.1:{port}\n",
+                store.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(program)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = Registry {
+            child,
+            port,
+            _store: store,
+        };
+        eventually("the registry listens", || {
+            TcpStream::connect_timeout(&local(port), Duration::from_secs(1))
+        });
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A missing image is pulled, with its progress shown on a terminal (a pseudo-terminal from
+/// `script`): the web image is pushed to a registry on loopback and removed locally first.
+#[test]
+fn a_missing_image_is_pulled_with_progress_on_a_terminal() {
+    let (Some(registry), Some(script)) =
+        (common::which("docker-registry"), common::which("script"))
+    else {
+        eprintln!("skipped: needs docker-registry and script");
+        return;
+    };
+    let Some(mut env) = Env::new('d', 3) else {
+        return;
+    };
+    env.build_images();
+    let registry = Registry::start(&registry, env.port + 9);
+    let pushed = format!("127.0.0.1:{}/{}web:1", registry.port, env.tag);
+    docker(&["tag", &env.image("web", 1), &pushed]);
+    docker(&["push", &pushed]);
+    docker(&["rmi", &pushed]);
+    env.images.push(pushed.clone());
+    let file = env.write(&pushed, 0);
+
+    let command = format!(
+        "{} --state-dir {} apply --runtime docker --bridge {} --subnet {} {}",
+        env!("CARGO_BIN_EXE_gearnat"),
+        env.state.path().display(),
+        env.bridge,
+        env.subnet,
+        file.display()
+    );
+    let out = Command::new(script)
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("pulling image {pushed}")), "{text}");
+    assert!(
+        text.contains("Pull complete") || text.contains("Downloaded"),
+        "{text}"
+    );
+    assert_eq!(
+        eventually("host -> pulled web", || http_get(local(env.web_port()))),
+        "web\n"
+    );
+    let out = env.gearnat(&["down", "--name", &env.deployment()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_all_gone(&env);
 }
