@@ -41,18 +41,6 @@ fn unreachable(ns: &str, to: &str) {
     assert!(r.is_err(), "{ns} still reaches {to}: {r:?}");
 }
 
-/// Whether bridged traffic in `ns` passes the ip netfilter hooks (br_netfilter; the sysctl is
-/// per network namespace).
-fn set_bridge_nf(ns: &str, on: bool) {
-    let value = if on { "1" } else { "0" };
-    let netns = gearnat::netns::Netns::open_named(ns).unwrap();
-    gearnat::netns::run_in(&netns, || {
-        gearnat::link::sysctl_set("net.bridge.bridge-nf-call-iptables", value)
-    })
-    .unwrap()
-    .expect("br_netfilter must be available (modprobe br_netfilter)");
-}
-
 #[test]
 fn seed_public_port_and_link_carry_real_tcp() {
     if !require_root() {
@@ -87,7 +75,7 @@ fn seed_public_port_and_link_carry_real_tcp() {
     // 2. The link, and hairpin to a public port through the host's address, with bridged
     //    traffic passing netfilter and not.
     for bridge_nf in [false, true] {
-        set_bridge_nf(host.host_ns(), bridge_nf);
+        common::set_bridge_nf(host.host_ns(), bridge_nf);
         assert_eq!(
             reach(&rock, "127.0.0.1:27017"),
             "mongodb",

@@ -80,14 +80,8 @@ fn udp_public_ports_and_links_carry_real_datagrams() {
     assert_eq!(tcp, "dns-tcp");
     // Hairpin: an instance reaching its own public port, or another's, through the host,
     // whether bridged traffic passes netfilter or not.
-    for bridge_nf in ["0", "1"] {
-        let key = format!("net.bridge.bridge-nf-call-iptables={bridge_nf}");
-        if !common::exec(host.host_ns(), &["sysctl", "-qw", &key])
-            .status
-            .success()
-        {
-            eprintln!("br_netfilter sysctl not available; testing the kernel's default only");
-        }
+    for bridge_nf in [false, true] {
+        common::set_bridge_nf(host.host_ns(), bridge_nf);
         assert_eq!(
             ask(&dns, "10.211.0.1:5353"),
             "dns-udp",

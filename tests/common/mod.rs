@@ -424,3 +424,15 @@ pub fn reach(ns: &str, to: &str) -> String {
     }
     panic!("{ns} cannot reach {to}: {last}");
 }
+
+/// Whether bridged traffic in `ns` passes the ip netfilter hooks (br_netfilter; the sysctl is
+/// per network namespace).
+pub fn set_bridge_nf(ns: &str, on: bool) {
+    let value = if on { "1" } else { "0" };
+    let netns = Netns::open_named(ns).unwrap();
+    netns::run_in(&netns, || {
+        gearnat::link::sysctl_set("net.bridge.bridge-nf-call-iptables", value)
+    })
+    .unwrap()
+    .expect("br_netfilter must be available (modprobe br_netfilter)");
+}
