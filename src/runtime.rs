@@ -332,6 +332,16 @@ pub fn instance_in_place(
     wired_in_place(host, net, id, address, &open_named(id)?)
 }
 
+/// Instance `id`'s veth: its host end's name, and the address (with the pool's prefix) of its
+/// end inside the instance.
+fn veth_ends(net: &Network, id: &str, address: Ipv4Addr) -> (String, Ipv4Net) {
+    let inner = Ipv4Net {
+        addr: address,
+        prefix: net.pool.prefix,
+    };
+    (link::host_ifname(id), inner)
+}
+
 /// Joins `netns` to the bridge in `host` by instance `id`'s veth pair, with `address`.
 fn wire(
     host: &Netns,
@@ -340,11 +350,7 @@ fn wire(
     address: Ipv4Addr,
     netns: &Netns,
 ) -> Result<bool, Error> {
-    let host_if = link::host_ifname(id);
-    let inner = Ipv4Net {
-        addr: address,
-        prefix: net.pool.prefix,
-    };
+    let (host_if, inner) = veth_ends(net, id, address);
     let wire_err = |source| Error::Wire {
         id: id.to_string(),
         bridge: net.bridge.clone(),
@@ -369,11 +375,7 @@ fn wired_in_place(
     address: Ipv4Addr,
     netns: &Netns,
 ) -> Result<bool, Error> {
-    let host_if = link::host_ifname(id);
-    let inner = Ipv4Net {
-        addr: address,
-        prefix: net.pool.prefix,
-    };
+    let (host_if, inner) = veth_ends(net, id, address);
     in_host(host, || {
         link::veth_in_place(&host_if, &net.bridge, netns, INNER_IF, inner, net.gateway())
     })?
