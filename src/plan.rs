@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -103,19 +104,20 @@ fn route_localnet(ifname: &str) -> Sysctl {
 
 /// What the kernel must hold for `resolved`.
 pub fn desired(resolved: &Resolved, net: &NetworkConfig) -> Desired {
-    let owner = |instance: &str| Owner {
-        deployment: resolved.deployment.clone(),
-        instance: instance.to_string(),
-    };
+    let deployment: Arc<str> = resolved.deployment.as_str().into();
     let mut host_elements = Vec::new();
     let mut instances = Vec::new();
     for inst in &resolved.instances {
+        let owner = Owner {
+            deployment: Arc::clone(&deployment),
+            instance: inst.id.as_str().into(),
+        };
         for m in &inst.mappings {
             host_elements.push(Element::Port {
                 proto: m.proto,
                 host_port: m.host_port,
                 target: SocketAddrV4::new(inst.address, m.internal),
-                owner: owner(&inst.id),
+                owner: owner.clone(),
             });
         }
         let links: Vec<Element> = inst
@@ -125,7 +127,7 @@ pub fn desired(resolved: &Resolved, net: &NetworkConfig) -> Desired {
                 proto: l.proto,
                 dial: l.dial,
                 via: SocketAddrV4::new(resolved.gateway, l.host_port),
-                owner: owner(&inst.id),
+                owner: owner.clone(),
             })
             .collect();
         let sysctls = if links.is_empty() {
@@ -418,7 +420,7 @@ fn shared_table_change(
         let mut add: Vec<Element> = actual
             .elements
             .iter()
-            .filter(|e| e.owner().deployment != deployment && fits(layout, e))
+            .filter(|e| *e.owner().deployment != *deployment && fits(layout, e))
             .cloned()
             .collect();
         add.extend(want.iter().cloned());
@@ -433,7 +435,7 @@ fn shared_table_change(
     let ours: BTreeSet<&Element> = actual
         .elements
         .iter()
-        .filter(|e| e.owner().deployment == deployment)
+        .filter(|e| *e.owner().deployment == *deployment)
         .collect();
     TableChange {
         delete_table: false,
@@ -482,7 +484,7 @@ pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bo
                 remove: table
                     .elements
                     .iter()
-                    .filter(|e| e.owner().deployment == deployment)
+                    .filter(|e| *e.owner().deployment == *deployment)
                     .cloned()
                     .collect(),
                 ..TableChange::default()

@@ -145,7 +145,7 @@ pub fn element_json(e: &Element) -> Value {
             owner,
         } => json!({
             "kind": "port", "proto": proto, "host_port": host_port,
-            "target": target.to_string(), "deployment": owner.deployment, "instance": owner.instance,
+            "target": target.to_string(), "deployment": &*owner.deployment, "instance": &*owner.instance,
         }),
         Element::Link {
             proto,
@@ -154,7 +154,7 @@ pub fn element_json(e: &Element) -> Value {
             owner,
         } => json!({
             "kind": "link", "proto": proto, "dial": dial.to_string(), "via": via.to_string(),
-            "deployment": owner.deployment, "instance": owner.instance,
+            "deployment": &*owner.deployment, "instance": &*owner.instance,
         }),
     }
 }
@@ -201,8 +201,8 @@ pub fn paths(resolved: &Resolved, installed: &std::collections::BTreeSet<Element
     let held = |id: &str, proto, host_port| {
         installed.iter().any(|e| {
             matches!(e, Element::Port { proto: p, host_port: h, owner, .. }
-                if *p == proto && *h == host_port && owner.instance == id
-                    && owner.deployment == resolved.deployment)
+                if *p == proto && *h == host_port && *owner.instance == *id
+                    && *owner.deployment == *resolved.deployment)
         })
     };
     let mark = |ok: bool| if ok { "" } else { " (missing)" };

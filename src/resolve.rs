@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
-use crate::model::{Container, Deployment, Link, Proto, PublicPort};
+use crate::model::{Container, Deployment, InstanceNumber, Link, Proto, PublicPort};
 use crate::ruleset::Ipv4Net;
-use crate::state::{AddressHolder, PortHolder, Reservations};
+use crate::state::{AddressHolder, HostPort, PortHolder, Reservations};
 
 /// Host ports gearnat picks from when a public port has no `external` (geard's range).
 pub const HOST_PORTS: RangeInclusive<u16> = 4000..=59999;
@@ -104,17 +104,21 @@ pub fn resolve(d: &Deployment, cx: &Context) -> Result<(Resolved, Reservations),
     let gateway = gateway(cx.pool);
 
     let mut instances = Vec::new();
-    for c in &d.containers {
+    for (container, c) in d.containers.iter().enumerate() {
         for n in 1..=c.count {
             let id = d.instance_id(c, n);
+            let instance = InstanceNumber { container, n };
             let mappings = c
                 .public_ports
                 .iter()
-                .map(|p| Mapping {
-                    proto: p.proto,
-                    internal: p.internal,
-                    host_port: host_ports[&(id.clone(), p.proto, p.internal)],
-                    target: targets.get(&(id.clone(), p.proto, p.internal)).copied(),
+                .map(|p| {
+                    let key = (instance, p.proto, p.internal);
+                    Mapping {
+                        proto: p.proto,
+                        internal: p.internal,
+                        host_port: host_ports[&key],
+                        target: targets.get(&key).copied(),
+                    }
                 })
                 .collect();
             let links = link_targets(d, c, &host_ports, &targets);
@@ -143,7 +147,8 @@ pub fn gateway(pool: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pool.network()) + 1)
 }
 
-type PortKey = (String, Proto, u16);
+/// One public port of one instance: the instance, the protocol and the internal port.
+type PortKey = (InstanceNumber, Proto, u16);
 
 /// Addresses: an instance keeps the one it had; a new one gets the lowest free address.
 fn assign_addresses(
@@ -197,7 +202,17 @@ fn assign_host_ports(
     d: &Deployment,
     cx: &Context,
     reservations: &mut Reservations,
-) -> Result<BTreeMap<PortKey, u16>, ResolveError> {
+) -> Result<HashMap<PortKey, u16>, ResolveError> {
+    let ids: HashMap<InstanceNumber, String> = d
+        .containers
+        .iter()
+        .enumerate()
+        .flat_map(|(container, c)| {
+            (1..=c.count).map(move |n| (InstanceNumber { container, n }, d.instance_id(c, n)))
+        })
+        .collect();
+    let by_id: HashMap<&str, InstanceNumber> =
+        ids.iter().map(|(i, id)| (id.as_str(), *i)).collect();
     // What each of this deployment's public ports held before. Maps, not scans: a deployment
     // can have MAX_MAPPINGS of them.
     let previous: HashMap<PortKey, u16> = reservations
@@ -205,28 +220,24 @@ fn assign_host_ports(
         .iter()
         .filter(|(_, h)| h.deployment == d.name)
         .filter_map(|(k, h)| {
-            let (proto, port) = parse_port_key(k)?;
-            Some(((h.instance.clone(), proto, h.internal), port))
+            let instance = *by_id.get(h.instance.as_str())?;
+            Some(((instance, k.proto, h.internal), k.port))
         })
         .collect();
     reservations.release_ports(&d.name);
-    let pinned: HashMap<(usize, u32, Proto, u16), u16> = d
+    let pinned: HashMap<PortKey, u16> = d
         .pinned
         .iter()
-        .map(|pp| {
-            let key = (pp.instance.container, pp.instance.n, pp.proto, pp.internal);
-            (key, pp.external)
-        })
+        .map(|pp| ((pp.instance, pp.proto, pp.internal), pp.external))
         .collect();
 
     let mut fixed: Vec<(PortKey, u16)> = Vec::new();
     let mut open: Vec<PortKey> = Vec::new();
-    for (ci, c) in d.containers.iter().enumerate() {
+    for (container, c) in d.containers.iter().enumerate() {
         for n in 1..=c.count {
-            let id = d.instance_id(c, n);
             for p in &c.public_ports {
-                let key = (id.clone(), p.proto, p.internal);
-                let pinned = pinned.get(&(ci, n, p.proto, p.internal)).copied();
+                let key = (InstanceNumber { container, n }, p.proto, p.internal);
+                let pinned = pinned.get(&key).copied();
                 match p.external.or(pinned) {
                     Some(port) => fixed.push((key, port)),
                     None => open.push(key),
@@ -235,24 +246,24 @@ fn assign_host_ports(
         }
     }
 
-    let mut out = BTreeMap::new();
+    let mut out = HashMap::new();
     let mut hold = |reservations: &mut Reservations, key: &PortKey, port: u16| {
         let holder = PortHolder {
             deployment: d.name.clone(),
-            instance: key.0.clone(),
+            instance: ids[&key.0].clone(),
             internal: key.2,
         };
         reservations
             .ports
-            .insert(Reservations::port_key(key.1, port), holder);
-        out.insert(key.clone(), port);
+            .insert(HostPort { proto: key.1, port }, holder);
+        out.insert(*key, port);
     };
     for (key, port) in &fixed {
         if let Some(h) = reservations.port_holder(key.1, *port) {
             return Err(ResolveError::PortHeld {
                 proto: key.1,
                 port: *port,
-                instance: key.0.clone(),
+                instance: ids[&key.0].clone(),
                 holder: h.deployment.clone(),
                 holder_instance: h.instance.clone(),
             });
@@ -285,12 +296,6 @@ fn assign_host_ports(
     Ok(out)
 }
 
-fn parse_port_key(key: &str) -> Option<(Proto, u16)> {
-    let (proto, port) = key.split_once('/')?;
-    let proto = Proto::ALL.into_iter().find(|p| p.as_str() == proto)?;
-    Some((proto, port.parse().ok()?))
-}
-
 impl Reservations {
     fn release_ports(&mut self, deployment: &str) {
         self.ports.retain(|_, h| h.deployment != deployment);
@@ -300,8 +305,8 @@ impl Reservations {
 /// Link targets as geard gave them: every linked port of every target instance gets one virtual
 /// address that all sources dial. The first link to a port decides its style; a clash counts the
 /// port up (27017, 27018, ...), or with MatchPort the address (127.0.0.1, 127.0.0.2, ...).
-fn assign_targets(d: &Deployment) -> Result<BTreeMap<PortKey, SocketAddrV4>, ResolveError> {
-    let mut targets: BTreeMap<PortKey, SocketAddrV4> = BTreeMap::new();
+fn assign_targets(d: &Deployment) -> Result<HashMap<PortKey, SocketAddrV4>, ResolveError> {
+    let mut targets: HashMap<PortKey, SocketAddrV4> = HashMap::new();
     let mut taken: HashSet<(Proto, SocketAddrV4)> = HashSet::new();
     // Where each sequence of candidates (one style, protocol and first address) goes on from:
     // addresses are only ever taken, so the ones before the last found stay taken. Without it,
@@ -389,11 +394,11 @@ fn linked_ports<'a>(link: &'a Link, target: &'a Container) -> impl Iterator<Item
 fn link_targets(
     d: &Deployment,
     source: &Container,
-    host_ports: &BTreeMap<PortKey, u16>,
-    targets: &BTreeMap<PortKey, SocketAddrV4>,
+    host_ports: &HashMap<PortKey, u16>,
+    targets: &HashMap<PortKey, SocketAddrV4>,
 ) -> Vec<LinkTarget> {
     let mut out: Vec<LinkTarget> = Vec::new();
-    for (_, _, key, port) in linked_target_ports(d, source) {
+    for (_, target, key, port) in linked_target_ports(d, source) {
         let (Some(dial), Some(host_port)) = (targets.get(&key), host_ports.get(&key)) else {
             continue;
         };
@@ -404,7 +409,7 @@ fn link_targets(
             proto: port.proto,
             dial: *dial,
             host_port: *host_port,
-            target_instance: key.0,
+            target_instance: d.instance_id(target, key.0.n),
             target_port: port.internal,
         });
     }
@@ -418,12 +423,16 @@ fn linked_target_ports<'a>(
     source: &'a Container,
 ) -> impl Iterator<Item = (&'a Link, &'a Container, PortKey, &'a PublicPort)> {
     source.links.iter().flat_map(move |link| {
-        let target = d.container(&link.to);
-        target.into_iter().flat_map(move |target| {
+        let target = d
+            .containers
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == link.to);
+        target.into_iter().flat_map(move |(container, target)| {
             (1..=target.count).flat_map(move |n| {
-                let id = d.instance_id(target, n);
+                let instance = InstanceNumber { container, n };
                 linked_ports(link, target)
-                    .map(move |port| (link, target, (id.clone(), port.proto, port.internal), port))
+                    .map(move |port| (link, target, (instance, port.proto, port.internal), port))
             })
         })
     })
@@ -432,7 +441,7 @@ fn linked_target_ports<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EnvVar, InstanceNumber, PinnedPort};
+    use crate::model::{EnvVar, PinnedPort};
 
     fn port(internal: u16, external: Option<u16>) -> PublicPort {
         PublicPort {
@@ -544,8 +553,11 @@ mod tests {
             instance: "x-1".into(),
             internal: 1,
         };
-        r.ports
-            .insert(Reservations::port_key(Proto::Tcp, 4000), other);
+        let port = HostPort {
+            proto: Proto::Tcp,
+            port: 4000,
+        };
+        r.ports.insert(port, other);
         let listening = BTreeSet::from([(Proto::Tcp, 4001)]);
         let cx = Context {
             reservations: &r,

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use crate::model::Proto;
 
@@ -104,15 +105,23 @@ impl std::str::FromStr for Ipv4Net {
 /// Who an element belongs to: a deployment and one of its instances.
 ///
 /// Written into the element's comment as `gearnat:<deployment>/<instance>`; deployment names and
-/// instance ids never contain `/`, so the comment parses back unambiguously.
+/// instance ids never contain `/`, so the comment parses back unambiguously. The names are
+/// shared: all the elements of one instance (up to thousands) point at the same two strings.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Owner {
-    pub deployment: String,
-    pub instance: String,
+    pub deployment: Arc<str>,
+    pub instance: Arc<str>,
 }
 
 impl Owner {
     const PREFIX: &'static str = "gearnat:";
+
+    pub fn new(deployment: &str, instance: &str) -> Owner {
+        Owner {
+            deployment: deployment.into(),
+            instance: instance.into(),
+        }
+    }
 
     pub fn comment(&self) -> String {
         format!("{}{}/{}", Self::PREFIX, self.deployment, self.instance)
@@ -125,10 +134,7 @@ impl Owner {
         if deployment.is_empty() || instance.is_empty() || instance.contains('/') {
             return None;
         }
-        Some(Owner {
-            deployment: deployment.to_string(),
-            instance: instance.to_string(),
-        })
+        Some(Owner::new(deployment, instance))
     }
 }
 

@@ -6,11 +6,13 @@
 //! version, never a torn one.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -52,24 +54,71 @@ pub struct AddressHolder {
     pub address: Ipv4Addr,
 }
 
+/// A host port of one protocol, the key of a port reservation; written `tcp/6060`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.proto, self.port)
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a host port such as \"tcp/6060\"");
+        let (proto, port) = s.split_once('/').ok_or_else(bad)?;
+        let proto = Proto::ALL
+            .into_iter()
+            .find(|p| p.as_str() == proto)
+            .ok_or_else(bad)?;
+        Ok(HostPort {
+            proto,
+            port: port.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for HostPort {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = HostPort;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a host port such as \"tcp/6060\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HostPort, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
 /// Every reservation of every deployment (`reservations.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservations {
-    /// Key: `tcp/6060`.
     #[serde(default)]
-    pub ports: BTreeMap<String, PortHolder>,
+    pub ports: BTreeMap<HostPort, PortHolder>,
     /// Key: instance id (unique on the host: it names the instance's network namespace).
     #[serde(default)]
     pub addresses: BTreeMap<String, AddressHolder>,
 }
 
 impl Reservations {
-    pub fn port_key(proto: Proto, port: u16) -> String {
-        format!("{proto}/{port}")
-    }
-
     pub fn port_holder(&self, proto: Proto, port: u16) -> Option<&PortHolder> {
-        self.ports.get(&Self::port_key(proto, port))
+        self.ports.get(&HostPort { proto, port })
     }
 
     /// Drops every reservation of `deployment`.
@@ -306,10 +355,9 @@ mod tests {
             instance: "a-1".into(),
             internal: 80,
         };
-        r.ports
-            .insert(Reservations::port_key(Proto::Tcp, 4000), holder("one"));
-        r.ports
-            .insert(Reservations::port_key(Proto::Udp, 4000), holder("two"));
+        let port = |proto| HostPort { proto, port: 4000 };
+        r.ports.insert(port(Proto::Tcp), holder("one"));
+        r.ports.insert(port(Proto::Udp), holder("two"));
         state.save_reservations(&r).unwrap();
         let back = state.reservations().unwrap();
         assert_eq!(back, r);

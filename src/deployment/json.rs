@@ -6,6 +6,7 @@
 //! no extensions (no comments, no trailing commas), and three limits that keep a hostile file
 //! cheap: [`MAX_DEPTH`], [`MAX_STRING_BYTES`] and the file size limit checked by the caller.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -76,13 +77,23 @@ impl Value {
 /// the Kelvin sign and the long s equal to `k` and `s` (Go's `foldFunc`). Every key gearnat
 /// knows is ASCII, so no other character can make two keys equal.
 pub fn fold_key(key: &str) -> String {
-    key.chars()
-        .map(|c| match c {
-            '\u{212A}' => 'k',
-            '\u{017F}' => 's',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+    key.chars().map(fold_char).collect()
+}
+
+/// Whether two keys are equal under [`fold_key`], without building either folded key.
+pub fn keys_match(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
+}
+
+fn fold_char(c: char) -> char {
+    match c {
+        '\u{212A}' => 'k',
+        '\u{017F}' => 's',
+        c => c.to_ascii_lowercase(),
+    }
 }
 
 /// Reads one JSON document. Returns the tree (unless a syntax error stopped the reader) and the
@@ -123,6 +134,39 @@ struct Reader<'a> {
 }
 
 type Parsed<T> = Result<T, Problem>;
+
+/// Objects up to this many members find duplicate keys by comparing with each earlier key.
+const SMALL_OBJECT: usize = 16;
+
+/// Where a key equal to `key` (under [`fold_key`]) first occurs among an object's `members`,
+/// or `None`, in which case `key` at `pos` is remembered as the first of its kind. `seen` takes
+/// over from scanning `members` once the object is past [`SMALL_OBJECT`].
+fn first_occurrence(
+    seen: &mut Option<HashMap<String, Pos>>,
+    members: &[Member],
+    key: &str,
+    pos: Pos,
+) -> Option<Pos> {
+    if seen.is_none() && members.len() < SMALL_OBJECT {
+        return members
+            .iter()
+            .find(|m| keys_match(&m.key, key))
+            .map(|m| m.key_pos);
+    }
+    let seen = seen.get_or_insert_with(|| {
+        members
+            .iter()
+            .map(|m| (fold_key(&m.key), m.key_pos))
+            .collect()
+    });
+    match seen.entry(fold_key(key)) {
+        Entry::Occupied(first) => Some(*first.get()),
+        Entry::Vacant(slot) => {
+            slot.insert(pos);
+            None
+        }
+    }
+}
 
 impl Reader<'_> {
     fn pos(&self) -> Pos {
@@ -316,9 +360,10 @@ impl Reader<'_> {
     fn object(&mut self) -> Parsed<Value> {
         self.bump(); // {
         let mut members: Vec<Member> = Vec::new();
-        // Folded key -> position of its first occurrence. A map, not a list: a hostile object
-        // can have hundreds of thousands of keys.
-        let mut seen: HashMap<String, Pos> = HashMap::new();
+        // Folded key -> position of its first occurrence, kept once the object is larger than
+        // a deployment's objects ever are (a hostile one can have hundreds of thousands of keys);
+        // below that, comparing with the members read so far costs less than a map.
+        let mut seen: Option<HashMap<String, Pos>> = None;
         self.skip_space()?;
         if self.peek() == Some(b'}') {
             self.bump();
@@ -357,10 +402,9 @@ impl Reader<'_> {
             }
             self.skip_space()?;
             let value = self.value()?;
-            let folded = fold_key(&key);
             // Go's encoding/json keeps the last of two equal keys without a word; a duplicate
             // is almost always an edit gone wrong, so it is refused.
-            match seen.get(&folded) {
+            match first_occurrence(&mut seen, &members, &key, key_pos) {
                 Some(first) => self.problems.push(self.error(
                     key_pos,
                     format!(
@@ -372,7 +416,6 @@ impl Reader<'_> {
                     ),
                 )),
                 None => {
-                    seen.insert(folded, key_pos);
                     members.push(Member {
                         key,
                         key_pos,
@@ -756,6 +799,33 @@ mod tests {
         };
         assert_eq!(members.len(), 2);
         assert_eq!(members[0].value.value, Value::Number("1".into()));
+    }
+
+    #[test]
+    fn duplicate_keys_in_large_objects() {
+        // Duplicates of keys seen before and after the object outgrows the member scan.
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        let text = format!(
+            "{{{}, \"K3\": 0, \"k\u{17F}\": 1, \"k39\": 2, \"\u{17F}\": 3}}",
+            keys.join(", ")
+        );
+        let (node, problems) = read(&text);
+        let duplicates: Vec<&str> = problems
+            .iter()
+            .map(|p| p.message.split(" (").next().unwrap())
+            .collect();
+        assert_eq!(
+            duplicates,
+            ["duplicate key \"K3\"", "duplicate key \"k39\""],
+            "{problems:?}"
+        );
+        let Value::Object(members) = node.unwrap().value else {
+            panic!()
+        };
+        assert_eq!(members.len(), 42);
+        // Below the threshold the same keys are found by the scan.
+        let (_, problems) = read("{\"\u{17F}\": 1, \"S\": 2}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use serde::{Serialize, Serializer};
 
-use super::json::{fold_key, Node, Pos, Value};
+use super::json::{fold_key, keys_match, Node, Pos, Value};
 use super::{Problem, Shown, ShownBare, MAX_CONTAINERS, MAX_PROBLEMS_SHOWN, MAX_PUBLIC_PORTS};
 
 /// A value and where it is in the file. Serializes as the value alone.
@@ -194,11 +194,9 @@ impl Builder {
             self.wrong_type(node, "an object", what);
             return None;
         };
-        let folded: Vec<String> = keys.iter().map(|k| fold_key(k)).collect();
         let mut found = vec![None; keys.len()];
         for m in members {
-            let key = fold_key(&m.key);
-            match folded.iter().position(|k| *k == key) {
+            match keys.iter().position(|k| keys_match(k, &m.key)) {
                 // Go's decoder treats null like an absent key.
                 Some(i) if m.value.value != Value::Null => found[i] = Some(&m.value),
                 Some(_) => {}

@@ -91,7 +91,7 @@ pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Pro
 struct Validator {
     problems: Vec<Problem>,
     /// Host ports claimed so far: (External, protocol) -> who claims it, for messages.
-    claims: HashMap<(u16, Proto), (String, Pos)>,
+    claims: HashMap<(u16, Proto), (Rc<str>, Pos)>,
     /// The internal ports each link target publishes, by container index, made once.
     published: HashMap<usize, Rc<HashSet<u16>>>,
 }
@@ -285,6 +285,7 @@ impl Validator {
     fn public_ports(&mut self, c: &RawContainer, name: &str, count: u32) -> Vec<PublicPort> {
         let mut out: Vec<PublicPort> = Vec::new();
         let mut seen: HashMap<(u16, Proto), Pos> = HashMap::new();
+        let who: Rc<str> = format!("container {}", Shown(name)).into();
         for p in &c.public_ports {
             let Some(port) = self.public_port(p) else {
                 continue;
@@ -304,7 +305,7 @@ impl Validator {
                 None => {
                     seen.insert((port.internal, port.proto), p.pos);
                     if let (Some(external), Some(e)) = (port.external, &p.external) {
-                        self.explicit_external(external, port.proto, name, count, e.pos);
+                        self.explicit_external(external, port.proto, (name, &who), count, e.pos);
                     }
                     out.push(port);
                 }
@@ -364,7 +365,15 @@ impl Validator {
         }
     }
 
-    fn explicit_external(&mut self, external: u16, proto: Proto, name: &str, count: u32, pos: Pos) {
+    /// `(name, who)`: the container's name, and how claims name it.
+    fn explicit_external(
+        &mut self,
+        external: u16,
+        proto: Proto,
+        (name, who): (&str, &Rc<str>),
+        count: u32,
+        pos: Pos,
+    ) {
         if count > 1 {
             self.problem(
                 pos,
@@ -380,12 +389,12 @@ impl Validator {
         // that port to another instance (found by fuzzing: the saved file of such a deployment
         // then claimed the port twice and could not be read back).
         if count > 0 {
-            self.claim(external, proto, format!("container {}", Shown(name)), pos);
+            self.claim(external, proto, who, pos);
         }
     }
 
     /// Records a claim on a host port, or reports the clash with an earlier one.
-    fn claim(&mut self, external: u16, proto: Proto, who: String, pos: Pos) -> bool {
+    fn claim(&mut self, external: u16, proto: Proto, who: &Rc<str>, pos: Pos) -> bool {
         match self.claims.get(&(external, proto)) {
             Some((other, at)) => {
                 let message = format!(
@@ -397,7 +406,7 @@ impl Validator {
                 false
             }
             None => {
-                self.claims.insert((external, proto), (who, pos));
+                self.claims.insert((external, proto), (Rc::clone(who), pos));
                 true
             }
         }
@@ -658,12 +667,12 @@ impl Validator {
                 .filter(|p| p.external.is_none())
                 .map(|p| (p.internal, p.proto))
                 .collect();
+            let who: Rc<str> = format!("instance {} in Instances", Shown(&id.value)).into();
             for (internal, proto, external, pos) in ports {
                 if !picked_by_host.contains(&(internal, proto)) {
                     continue;
                 }
-                let who = format!("instance {} in Instances", Shown(&id.value));
-                if self.claim(external, proto, who, pos) {
+                if self.claim(external, proto, &who, pos) {
                     pinned.push(PinnedPort {
                         instance,
                         internal,

@@ -11,6 +11,7 @@
 use std::io;
 use std::ops::Range;
 
+use super::dump::NFTA_SET_ELEM_LIST_ELEMENTS;
 use super::netlink::{self, Reply, HEADER_LEN, NFGEN_LEN};
 use super::program::{self, map_name};
 use super::sys::{self, ElementBytes, MsgBuf, Socket};
@@ -23,8 +24,6 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
-/// NFTA_SET_ELEM_LIST_ELEMENTS: the nest holding a message's elements.
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 /// Elements per message are limited by their nest's 16-bit length; stay well below it.
 const ELEMENTS_BYTES_PER_MESSAGE: usize = 48 * 1024;
 /// Room for one answer datagram.
@@ -392,7 +391,7 @@ mod tests {
             target: "10.211.0.2:80".parse().unwrap(),
             owner: Owner {
                 deployment: "seed".into(),
-                instance: format!("web-{host_port}"),
+                instance: format!("web-{host_port}").into(),
             },
         }
     }
@@ -461,7 +460,7 @@ mod tests {
     fn overlong_comment_is_refused_before_sending() {
         let mut element = port(80);
         if let Element::Port { owner, .. } = &mut element {
-            owner.instance = "x".repeat(200);
+            owner.instance = "x".repeat(200).into();
         }
         let change = TableChange {
             add: vec![element],

@@ -3,9 +3,10 @@
 //! These are separate requests, so the ruleset generation is read before and after them: when it
 //! moved, something changed the ruleset in between and everything is read again.
 
+use std::collections::HashMap;
 use std::io;
 
-use super::netlink::{self, Reply};
+use super::netlink::{self, Reply, HEADER_LEN, NFGEN_LEN};
 use super::program::{self, ElementValue, NFT_SET_MAP};
 use super::sys::{self, MsgBuf, SetInfo, Socket};
 use super::udata;
@@ -113,22 +114,6 @@ impl Connection {
 
     /// Adds the elements of map `set` to `actual`: owned ones as elements, the rest counted.
     fn read_elements(&mut self, set: &SetInfo, actual: &mut ActualTable) -> Result<(), Error> {
-        let mut raw = Vec::new();
-        let msg = libc::NFT_MSG_GETSETELEM as u16;
-        self.request(
-            |buf, seq| sys::put_elements(buf, msg, NLM_F_DUMP, seq, TABLE, &set.name, &[]),
-            |msg| {
-                raw.extend(sys::parse_elements(msg)?);
-                Some(())
-            },
-        )
-        .map_err(|f| {
-            failure(f, "set element", |errno| Error::ReadElements {
-                map: set.name.clone(),
-                errno,
-            })
-        })?;
-
         // A map of another shape (made by hand under gearnat's name) holds nothing gearnat can
         // read; its elements count as unowned and go when the table is replaced.
         let shape_ok = set.flags & NFT_SET_MAP != 0
@@ -139,18 +124,42 @@ impl Connection {
                 set.name
             );
         }
-        for element in raw {
-            let owner =
-                udata::read_comment(&element.userdata).and_then(|c| Owner::from_comment(&c));
-            let value = shape_ok
-                .then(|| program::parse_element(&set.name, &element.key, &element.data))
-                .flatten();
-            match (value, owner) {
-                (Some(value), Some(owner)) => actual.elements.push(with_owner(value, owner)),
-                _ => actual.unowned += 1,
-            }
-        }
-        Ok(())
+        // Owners by comment bytes: a map holds thousands of elements of a few owners, which
+        // then share their names.
+        let mut owners: HashMap<Box<[u8]>, Option<Owner>> = HashMap::new();
+        let msg = libc::NFT_MSG_GETSETELEM as u16;
+        self.request(
+            |buf, seq| sys::put_elements(buf, msg, NLM_F_DUMP, seq, TABLE, &set.name, &[]),
+            |msg| {
+                for element in message_elements(msg)? {
+                    let owner = match owners.get(element.userdata) {
+                        Some(owner) => owner.clone(),
+                        None => {
+                            let owner = udata::read_comment(element.userdata)
+                                .and_then(|c| Owner::from_comment(&c));
+                            owners.insert(element.userdata.into(), owner.clone());
+                            owner
+                        }
+                    };
+                    let value = shape_ok
+                        .then(|| program::parse_element(&set.name, element.key, element.data))
+                        .flatten();
+                    match (value, owner) {
+                        (Some(value), Some(owner)) => {
+                            actual.elements.push(with_owner(value, owner));
+                        }
+                        _ => actual.unowned += 1,
+                    }
+                }
+                Some(())
+            },
+        )
+        .map_err(|f| {
+            failure(f, "set element", |errno| Error::ReadElements {
+                map: set.name.clone(),
+                errno,
+            })
+        })
     }
 
     /// Sends one request built by `put` and hands each reply object to `on_reply` (which returns
@@ -183,6 +192,65 @@ impl Connection {
             }
         }
     }
+}
+
+/// NFTA_SET_ELEM_LIST_ELEMENTS: the nest holding a set-element message's elements, one nest
+/// each (<linux/netfilter/nf_tables.h>).
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// One element of a set-element message, borrowed from it; an attribute it lacks is empty.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RawElement<'a> {
+    key: &'a [u8],
+    data: &'a [u8],
+    userdata: &'a [u8],
+}
+
+/// The elements of one NEWSETELEM message of a dump; `None` if the message is malformed.
+/// Read here rather than through libnftnl, which copies every element into an allocation of its
+/// own: a dump of 10,000 elements spent more time there than in the kernel.
+fn message_elements(msg: &[u8]) -> Option<Vec<RawElement<'_>>> {
+    let len = usize::try_from(u32::from_ne_bytes(msg.get(..4)?.try_into().ok()?)).ok()?;
+    let body = msg.get(HEADER_LEN + NFGEN_LEN..len)?;
+    let Some(list) = netlink::attributes(body)?
+        .into_iter()
+        .find(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS)
+    else {
+        return Some(Vec::new());
+    };
+    let mut out = Vec::new();
+    // Every entry of the list is an element: the kernel types them NFTA_LIST_ELEM, libnftnl
+    // numbers them 1, 2, 3..., and the kernel reads either without looking at the type.
+    for entry in netlink::walk(list.value) {
+        let entry = entry?;
+        let mut element = RawElement::default();
+        for attr in netlink::walk(entry.value) {
+            let attr = attr?;
+            match attr.kind {
+                NFTA_SET_ELEM_KEY => element.key = data_value(attr.value)?,
+                NFTA_SET_ELEM_DATA => element.data = data_value(attr.value)?,
+                NFTA_SET_ELEM_USERDATA => element.userdata = attr.value,
+                _ => {}
+            }
+        }
+        out.push(element);
+    }
+    Some(out)
+}
+
+/// The value inside an NFTA_DATA nest (a key or a map's data).
+fn data_value(nest: &[u8]) -> Option<&[u8]> {
+    for attr in netlink::walk(nest) {
+        let attr = attr?;
+        if attr.kind == NFTA_DATA_VALUE {
+            return Some(attr.value);
+        }
+    }
+    None
 }
 
 /// A base chain of another table on the forward hook that may drop gearnat's traffic.
@@ -323,5 +391,54 @@ fn with_owner(value: ElementValue, owner: Owner) -> Element {
             via,
             owner,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::sys::ElementBytes;
+
+    fn element(key: &[u8], data: &[u8], userdata: &[u8]) -> ElementBytes {
+        ElementBytes {
+            key: key.to_vec(),
+            data: data.to_vec(),
+            userdata: userdata.to_vec(),
+        }
+    }
+
+    /// A NEWSETELEM message as libnftnl builds it, read back without libnftnl.
+    #[test]
+    fn elements_are_read_from_a_message() {
+        let comment = udata::comment("gearnat:seed/web-1").unwrap();
+        let elements = [
+            element(&[0x17, 0xac], &[10, 211, 0, 2, 0, 80], &comment),
+            element(&[0x17, 0xad], &[10, 211, 0, 3, 0, 81], &[]),
+        ];
+        let mut buf = MsgBuf::with_capacity(1024);
+        let refs: Vec<&ElementBytes> = elements.iter().collect();
+        let msg = libc::NFT_MSG_NEWSETELEM as u16;
+        sys::put_elements(&mut buf, msg, 0, 7, TABLE, "tcp_ports", &refs);
+        let read = message_elements(buf.as_bytes()).unwrap();
+        let want: Vec<RawElement> = elements
+            .iter()
+            .map(|e| RawElement {
+                key: &e.key,
+                data: &e.data,
+                userdata: &e.userdata,
+            })
+            .collect();
+        assert_eq!(read, want);
+        // An attribute that claims more bytes than the message has makes it unreadable.
+        let mut broken = buf.as_bytes().to_vec();
+        let body = HEADER_LEN + NFGEN_LEN;
+        let list = netlink::attributes(&broken[body..])
+            .unwrap()
+            .into_iter()
+            .find(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS)
+            .unwrap();
+        let first_len_at = body + list.offset + 4;
+        broken[first_len_at..first_len_at + 2].copy_from_slice(&0xfff0u16.to_ne_bytes());
+        assert_eq!(message_elements(&broken), None);
     }
 }

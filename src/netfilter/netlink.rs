@@ -118,23 +118,33 @@ pub(crate) struct Attr<'a> {
 
 /// Splits a run of attributes; `None` if one overruns.
 pub(crate) fn attributes(bytes: &[u8]) -> Option<Vec<Attr<'_>>> {
-    let mut out = Vec::new();
+    walk(bytes).collect()
+}
+
+/// Walks a run of attributes without collecting them: each item is an attribute, or `None`
+/// (and the end of the walk) where one overruns.
+pub(crate) fn walk(bytes: &[u8]) -> impl Iterator<Item = Option<Attr<'_>>> {
     let mut at = 0;
-    while at + 4 <= bytes.len() {
-        let len = usize::from(u16_at(bytes, at)?);
-        if len < 4 || at + len > bytes.len() {
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if broken || at + 4 > bytes.len() {
             return None;
         }
+        let len = usize::from(u16_at(bytes, at)?);
+        if len < 4 || at + len > bytes.len() {
+            broken = true;
+            return Some(None);
+        }
         let kind = u16_at(bytes, at + 2)? & 0x3fff;
-        out.push(Attr {
+        let attr = Attr {
             kind,
             offset: at,
             len,
             value: &bytes[at + 4..at + len],
-        });
+        };
         at += len.next_multiple_of(4);
-    }
-    Some(out)
+        Some(Some(attr))
+    })
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {

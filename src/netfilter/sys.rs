@@ -501,44 +501,6 @@ pub(crate) fn parse_set(msg: &[u8]) -> Option<SetInfo> {
     }
 }
 
-/// Parses one NEWSETELEM message of a dump: its elements' key, data and userdata.
-pub(crate) fn parse_elements(msg: &[u8]) -> Option<Vec<ElementBytes>> {
-    let buf = MsgBuf::from_bytes(msg);
-    let mut elements: Vec<ElementBytes> = Vec::new();
-    // SAFETY: as in `parse_table`; `collect_element` gets `elements` as its data pointer, used
-    // only during `nftnl_set_elem_foreach`, while nothing else touches it.
-    unsafe {
-        let s = sys::nftnl_set_alloc();
-        assert!(!s.is_null(), "out of memory");
-        let parsed = sys::nftnl_set_elems_nlmsg_parse(buf.nlh(), s) >= 0;
-        if parsed {
-            let data = ptr::from_mut(&mut elements).cast();
-            sys::nftnl_set_elem_foreach(s, Some(collect_element), data);
-        }
-        sys::nftnl_set_free(s);
-        parsed.then_some(elements)
-    }
-}
-
-unsafe extern "C" fn collect_element(e: *mut sys::nftnl_set_elem, data: *mut libc::c_void) -> i32 {
-    // SAFETY: `data` is the `Vec<ElementBytes>` passed by `parse_elements`, and `e` an element of
-    // the set being iterated; the bytes are copied out before the set is freed.
-    unsafe {
-        let elements = &mut *data.cast::<Vec<ElementBytes>>();
-        let get = |attr: u32| {
-            let mut len = 0u32;
-            let p = sys::nftnl_set_elem_get(e, attr as u16, &mut len);
-            owned_bytes(p, len).unwrap_or_default()
-        };
-        elements.push(ElementBytes {
-            key: get(sys::NFTNL_SET_ELEM_KEY),
-            data: get(sys::NFTNL_SET_ELEM_DATA),
-            userdata: get(sys::NFTNL_SET_ELEM_USERDATA),
-        });
-    }
-    0
-}
-
 /// A chain of any table and family, as a dump shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChainInfo {
