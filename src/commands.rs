@@ -226,10 +226,18 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     })?;
     let started = Instant::now();
     let persist = |r: &DeploymentRecord| timed("save state", || Ok(state.save_record(r)?));
-    reconcile::execute(&host, &net, &rt, &plan, &mut record, persist)?;
+    let committed = reconcile::execute(&host, &net, &rt, &plan, &mut record, persist)?;
     let applied = started.elapsed();
     timed("read back", || {
-        read_back(&host, &net, &rt, &desired, &record, observed, &plan)
+        read_back(
+            &host,
+            &net,
+            &rt,
+            &desired,
+            &record,
+            observed,
+            (&plan, &committed),
+        )
     })?;
     firewall_pass(&net, args.output.output)?;
     report_coexistence(&net);
@@ -299,10 +307,10 @@ fn read_back(
     desired: &Desired,
     record: &DeploymentRecord,
     observed: plan::Observed,
-    plan: &plan::Plan,
+    (plan, committed): (&plan::Plan, &reconcile::Committed),
 ) -> Result<(), Error> {
     let record = record_for(desired, record);
-    let left = reconcile::read_back(host, net, rt, desired, &record, observed, plan)?;
+    let left = reconcile::read_back(host, net, rt, desired, &record, observed, plan, committed)?;
     if left.is_empty() {
         Ok(())
     } else {

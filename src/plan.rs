@@ -164,6 +164,8 @@ pub fn desired(resolved: &Resolved, net: &NetworkConfig) -> Desired {
 pub struct Observed {
     pub bridge_ready: bool,
     pub host_table: Option<ActualTable>,
+    /// The host's ruleset generation `host_table` was read at.
+    pub host_generation: Option<u32>,
     /// Current values of the sysctls in `Desired::host_sysctls`.
     pub host_sysctls: BTreeMap<String, String>,
     pub instances: BTreeMap<String, ObservedInstance>,
@@ -175,6 +177,8 @@ pub struct ObservedInstance {
     /// Joined to the bridge with the right address and route.
     pub wired: bool,
     pub table: Option<ActualTable>,
+    /// The namespace's ruleset generation `table` was read at.
+    pub generation: Option<u32>,
     pub sysctls: BTreeMap<String, String>,
     /// The instance's container (docker runtime), if there is one.
     pub container: Option<ObservedContainer>,
@@ -226,14 +230,23 @@ pub struct NsPlan {
     /// their target until they close: deleting their entries would not move them, only cut
     /// them.
     pub stale_flows: Vec<Element>,
+    /// The ruleset generation the table was read at: the batch is committed on condition that
+    /// nothing changed the ruleset since (see `netfilter::commit_on`).
+    pub generation: Option<u32>,
 }
 
 impl NsPlan {
-    fn new(table: TableChange, sysctls: Vec<SysctlChange>, actual: Option<&ActualTable>) -> Self {
+    fn new(
+        table: TableChange,
+        sysctls: Vec<SysctlChange>,
+        actual: Option<&ActualTable>,
+        generation: Option<u32>,
+    ) -> Self {
         let stale_flows = stale_flows(&table, actual);
         NsPlan {
             table,
             sysctls,
+            generation,
             stale_flows,
         }
     }
@@ -324,6 +337,7 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
             ),
             sysctl_changes(&desired.host_sysctls, &observed.host_sysctls),
             observed.host_table.as_ref(),
+            observed.host_generation,
         ),
         docker: desired.instances.iter().any(|i| i.container.is_some()),
         ..Plan::default()
@@ -356,7 +370,7 @@ pub fn diff(desired: &Desired, observed: &Observed, record: &Record) -> Plan {
             )
         };
         let sysctls = sysctl_changes(&inst.sysctls, &seen.sysctls);
-        let ns = NsPlan::new(table, sysctls, seen.table.as_ref());
+        let ns = NsPlan::new(table, sysctls, seen.table.as_ref(), seen.generation);
         if !ns_plan_is_empty(&ns) {
             plan.instances.insert(inst.id.clone(), ns);
         }
@@ -490,7 +504,7 @@ pub fn teardown(deployment: &str, observed: &Observed, record: &Record, last: bo
                 ..TableChange::default()
             }
         };
-        plan.host = NsPlan::new(change, vec![], Some(table));
+        plan.host = NsPlan::new(change, vec![], Some(table), observed.host_generation);
     }
     remove_instances(&mut plan, record.instances.iter(), observed, record);
     plan
@@ -515,7 +529,7 @@ fn remove_instances<'a>(
                 delete_table: true,
                 ..TableChange::default()
             };
-            let ns = NsPlan::new(table, vec![], seen.table.as_ref());
+            let ns = NsPlan::new(table, vec![], seen.table.as_ref(), seen.generation);
             plan.instances.insert(id.clone(), ns);
         }
     }
@@ -592,6 +606,7 @@ mod tests {
         Observed {
             bridge_ready: true,
             host_table: Some(table(d.host_layout.comment(), d.host_elements.clone())),
+            host_generation: None,
             host_sysctls: sysctls(&d.host_sysctls),
             instances: d
                 .instances
@@ -603,6 +618,7 @@ mod tests {
                         netns_exists: true,
                         wired: true,
                         table: t,
+                        generation: None,
                         sysctls: sysctls(&i.sysctls),
                         container: None,
                     };

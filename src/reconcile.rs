@@ -18,18 +18,25 @@ use crate::timing::timed;
 use crate::{link, report, Error};
 
 /// What an instance namespace holds, read from inside it.
-fn observe_inside(
-    id: &str,
-    ns: &Netns,
-    sysctls: Vec<Sysctl>,
-) -> Result<(Option<ActualTable>, BTreeMap<String, String>), Error> {
+struct Inside {
+    table: Option<ActualTable>,
+    /// The ruleset generation `table` was read at.
+    generation: u32,
+    sysctls: BTreeMap<String, String>,
+}
+
+fn observe_inside(id: &str, ns: &Netns, sysctls: Vec<Sysctl>) -> Result<Inside, Error> {
     let id = id.to_string();
     netns::run_in(ns, move || -> Result<_, Error> {
-        let table = netfilter::dump().map_err(|e| Error::Netfilter {
+        let (table, generation) = netfilter::snapshot().map_err(|e| Error::Netfilter {
             ns: id.clone(),
             source: e,
         })?;
-        Ok((table, read_sysctls(&sysctls)))
+        Ok(Inside {
+            table,
+            generation,
+            sysctls: read_sysctls(&sysctls),
+        })
     })?
 }
 
@@ -126,11 +133,13 @@ fn observe_host(
 ) -> Result<(), Error> {
     let host_sysctls = desired.map(|d| d.host_sysctls.clone()).unwrap_or_default();
     observed.bridge_ready = runtime::bridge_in_place(host, net)?;
-    observed.host_table =
-        timed("dump host table", netfilter::dump).map_err(|e| Error::Netfilter {
+    let (table, generation) =
+        timed("dump host table", netfilter::snapshot).map_err(|e| Error::Netfilter {
             ns: "host".into(),
             source: e,
         })?;
+    observed.host_table = table;
+    observed.host_generation = Some(generation);
     observed.host_sysctls = read_sysctls(&host_sysctls);
     Ok(())
 }
@@ -152,7 +161,10 @@ fn observe_instance(
     if let Some(ns) = found.netns {
         seen.netns_exists = true;
         let sysctls = want.map(|w| w.sysctls.clone()).unwrap_or_default();
-        (seen.table, seen.sysctls) = observe_inside(id, &ns, sysctls)?;
+        let inside = observe_inside(id, &ns, sysctls)?;
+        seen.table = inside.table;
+        seen.generation = Some(inside.generation);
+        seen.sysctls = inside.sysctls;
         if let Some(w) = want {
             seen.wired = rt.instance_in_place(host, net, id, w.address, &ns)?;
         }
@@ -164,6 +176,11 @@ fn observe_instance(
 /// and the rest is taken from `before`, read just before the plan was made and not touched
 /// since. At 10,000 mappings over 10 instances, a change of one mapping then reads back one
 /// table instead of eleven tables and ten instances' wiring.
+///
+/// A table whose batch the kernel took on condition of the generation it was read at (see
+/// [`Committed`]) is not read again: it is the table read then, changed by the batch. A change
+/// of one mapping at 10,000 then reads nothing back.
+#[allow(clippy::too_many_arguments)]
 pub fn read_back(
     host: &Netns,
     net: &Network,
@@ -172,18 +189,51 @@ pub fn read_back(
     record: &DeploymentRecord,
     mut before: Observed,
     plan: &Plan,
+    committed: &Committed,
 ) -> Result<Plan, Error> {
-    if plan.create_bridge || !plan.host.table.is_empty() || !plan.host.sysctls.is_empty() {
-        observe_host(host, net, Some(desired), &mut before)?;
+    if plan.create_bridge {
+        before.bridge_ready = runtime::bridge_in_place(host, net)?;
     }
-    let changed: Vec<(String, Option<&plan::InstanceDesired>)> = (desired.instances.iter())
-        .filter(|i| plan.wiring.contains_key(&i.id) || plan.instances.contains_key(&i.id))
-        .map(|i| (i.id.clone(), Some(i)))
-        .collect();
+    if !plan.host.sysctls.is_empty() {
+        before.host_sysctls = read_sysctls(&desired.host_sysctls);
+    }
+    if committed.host {
+        before.host_table = ActualTable::after(before.host_table.as_ref(), &plan.host.table);
+    } else if !plan.host.table.is_empty() {
+        let (table, _) =
+            timed("dump host table", netfilter::snapshot).map_err(|e| Error::Netfilter {
+                ns: "host".into(),
+                source: e,
+            })?;
+        before.host_table = table;
+    }
+    let mut changed: Vec<(String, Option<&plan::InstanceDesired>)> = Vec::new();
+    for inst in &desired.instances {
+        let ns_plan = plan.instances.get(&inst.id);
+        let table_only = ns_plan.is_some_and(|p| p.sysctls.is_empty());
+        if !plan.wiring.contains_key(&inst.id)
+            && table_only
+            && committed.instances.contains(&inst.id)
+        {
+            if let (Some(seen), Some(p)) = (before.instances.get_mut(&inst.id), ns_plan) {
+                seen.table = ActualTable::after(seen.table.as_ref(), &p.table);
+            }
+        } else if plan.wiring.contains_key(&inst.id) || ns_plan.is_some() {
+            changed.push((inst.id.clone(), Some(inst)));
+        }
+    }
     before
         .instances
         .extend(observe_instances(host, net, rt, &changed)?);
     Ok(diff_against(desired, &before, record))
+}
+
+/// The namespaces whose batch the kernel took on condition that their ruleset had not moved
+/// since it was read (`netfilter::commit_on`): their table is known without reading it again.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub host: bool,
+    pub instances: BTreeSet<String>,
 }
 
 /// Carries out `plan`. Namespaces created on the way are added to `record.created_netns`, and
@@ -196,7 +246,7 @@ pub fn execute(
     plan: &Plan,
     record: &mut DeploymentRecord,
     persist: impl Fn(&DeploymentRecord) -> Result<(), Error>,
-) -> Result<(), Error> {
+) -> Result<Committed, Error> {
     if plan.create_bridge {
         timed("wire bridge", || runtime::ensure_bridge(host, net))?;
     }
@@ -207,7 +257,10 @@ pub fn execute(
     });
     persist(record)?;
     joined?;
-    timed("commit host", || commit_namespace(rt, None, &plan.host))?;
+    let mut committed = Committed {
+        host: timed("commit host", || commit_namespace(rt, None, &plan.host))?,
+        ..Committed::default()
+    };
     timed("commit instances", || -> Result<(), Error> {
         for (id, ns_plan) in &plan.instances {
             if matches!(
@@ -216,13 +269,16 @@ pub fn execute(
             ) {
                 continue;
             }
-            commit_namespace(rt, Some(id), ns_plan)?;
+            if commit_namespace(rt, Some(id), ns_plan)? {
+                committed.instances.insert(id.clone());
+            }
         }
         Ok(())
     })?;
     timed("unwire instances", || {
         remove_instances(host, net, rt, plan, record)
-    })
+    })?;
+    Ok(committed)
 }
 
 /// Creates, recreates and starts the plan's containers (docker runtime), recording each
@@ -285,8 +341,9 @@ fn remove_instances(
     Ok(())
 }
 
-/// One namespace's table change, as one atomic batch, then its sysctls.
-fn commit_namespace(rt: &Runtime, instance: Option<&String>, p: &NsPlan) -> Result<(), Error> {
+/// One namespace's table change, as one atomic batch, then its sysctls. Returns whether the
+/// batch went in on the generation the plan was made at.
+fn commit_namespace(rt: &Runtime, instance: Option<&String>, p: &NsPlan) -> Result<bool, Error> {
     let Some(id) = instance else {
         return commit_here("host", p);
     };
@@ -295,8 +352,13 @@ fn commit_namespace(rt: &Runtime, instance: Option<&String>, p: &NsPlan) -> Resu
     netns::run_in(&ns, move || commit_here(&id, &p))?
 }
 
-fn commit_here(ns: &str, p: &NsPlan) -> Result<(), Error> {
-    netfilter::commit(&p.table).map_err(|e| Error::Netfilter {
+fn commit_here(ns: &str, p: &NsPlan) -> Result<bool, Error> {
+    let on_generation = match p.generation {
+        _ if p.table.is_empty() => Ok(false),
+        Some(generation) => netfilter::commit_on(&p.table, generation),
+        None => netfilter::commit(&p.table).map(|()| false),
+    }
+    .map_err(|e| Error::Netfilter {
         ns: ns.to_string(),
         source: e,
     })?;
@@ -305,7 +367,7 @@ fn commit_here(ns: &str, p: &NsPlan) -> Result<(), Error> {
         link::sysctl_set(&s.key, &s.to)?;
         log::info!("{ns}: set {} = {}", s.key, s.to);
     }
-    Ok(())
+    Ok(on_generation)
 }
 
 /// Deletes the conntrack entries that still lead where `stale` sent them. A failure leaves the

@@ -5,6 +5,7 @@
 //! chains, rules) is described by a [`Layout`] and whose variable part is a set of map
 //! [`Element`]s, each carrying its [`Owner`] in its comment.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -181,6 +182,25 @@ pub struct ActualTable {
     /// Elements of gearnat's maps without an owner comment (written by hand); reported, and
     /// removed only when the table is replaced.
     pub unowned: usize,
+}
+
+impl ActualTable {
+    /// The table `before` becomes when `change` is committed on it as planned.
+    pub fn after(before: Option<&ActualTable>, change: &TableChange) -> Option<ActualTable> {
+        let mut table = before.filter(|_| !change.delete_table).cloned();
+        if let Some(layout) = &change.create {
+            table = Some(ActualTable {
+                comment: Some(layout.comment()),
+                ..ActualTable::default()
+            });
+        }
+        let mut table = table?;
+        let removed: HashSet<&Element> = change.remove.iter().collect();
+        table.elements.retain(|e| !removed.contains(e));
+        table.elements.extend(change.add.iter().cloned());
+        table.elements.sort();
+        Some(table)
+    }
 }
 
 /// What one atomic batch does to gearnat's table in one namespace.

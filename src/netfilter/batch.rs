@@ -39,10 +39,29 @@ const ANSWER_TIMEOUT_MS: i32 = 5000;
 /// table to create exists, an element to remove is missing (by key) or one to add exists (by
 /// key, whatever its target). Removing and adding the same key in one change retargets it.
 pub fn commit(change: &TableChange) -> Result<(), Error> {
+    send_batch(change, None)
+}
+
+/// [`commit`], on condition that nothing changed the namespace's ruleset since a dump read it
+/// at `generation`. Returns whether the condition held: then the table is now exactly the one
+/// that dump read, changed by `change`. If it did not, the kernel refused the batch without
+/// changing anything, and the change is committed again without the condition (the generation
+/// counts changes to every table, most of them not gearnat's).
+pub fn commit_on(change: &TableChange, generation: u32) -> Result<bool, Error> {
+    match send_batch(change, Some(generation)) {
+        Err(Error::Batch(KernelError(libc::ERESTART))) => {
+            log::debug!("the ruleset moved past generation {generation}; committing anyway");
+            send_batch(change, None).map(|()| false)
+        }
+        result => result.map(|()| true),
+    }
+}
+
+fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<(), Error> {
     if change.is_empty() {
         return Ok(());
     }
-    let batch = timed("build batch", || Batch::build(change))?;
+    let batch = timed("build batch", || Batch::build(change, generation))?;
     let socket = Socket::open().map_err(Error::Socket)?;
     // nfnetlink runs the whole transaction, commit included, inside this sendmsg.
     timed("send batch (kernel commit)", || batch.send(&socket))?;
@@ -78,7 +97,7 @@ struct Batch<'a> {
 const FIRST_SEQ: u32 = 1;
 
 impl<'a> Batch<'a> {
-    fn build(change: &'a TableChange) -> Result<Batch<'a>, Error> {
+    fn build(change: &'a TableChange, generation: Option<u32>) -> Result<Batch<'a>, Error> {
         let additions = element_bytes(&change.add)?;
         let removals = element_keys(&change.remove);
         let capacity = 4096
@@ -90,7 +109,9 @@ impl<'a> Batch<'a> {
             steps: Vec::new(),
         };
 
-        batch.push(Step::Framing, sys::put_batch_begin);
+        batch.push(Step::Framing, |buf, seq| {
+            sys::put_batch_begin(buf, seq, generation)
+        });
         if change.delete_table {
             let msg = libc::NFT_MSG_DELTABLE as u16;
             batch.push(Step::DeleteTable, |buf, seq| {
@@ -406,7 +427,7 @@ mod tests {
             remove: vec![port(1)],
             add: (2..2002).map(port).collect(),
         };
-        let batch = Batch::build(&change).unwrap();
+        let batch = Batch::build(&change, None).unwrap();
         let kinds: Vec<&str> = batch
             .steps
             .iter()
@@ -466,6 +487,9 @@ mod tests {
             add: vec![element],
             ..TableChange::default()
         };
-        assert!(matches!(Batch::build(&change), Err(Error::Comment { .. })));
+        assert!(matches!(
+            Batch::build(&change, None),
+            Err(Error::Comment { .. })
+        ));
     }
 }

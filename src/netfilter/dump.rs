@@ -22,6 +22,13 @@ const ATTEMPTS: u32 = 5;
 /// Reads gearnat's table (`table ip gearnat`) in the calling thread's network namespace;
 /// `Ok(None)` when there is no such table.
 pub fn dump() -> Result<Option<ActualTable>, Error> {
+    Ok(snapshot()?.0)
+}
+
+/// [`dump`], with the ruleset generation the table was read at (see [`commit_on`]).
+///
+/// [`commit_on`]: super::commit_on
+pub fn snapshot() -> Result<(Option<ActualTable>, u32), Error> {
     let mut conn = Connection {
         socket: Socket::open().map_err(Error::Socket)?,
         seq: 0,
@@ -31,7 +38,7 @@ pub fn dump() -> Result<Option<ActualTable>, Error> {
         let table = conn.table();
         let after = conn.generation()?;
         if before == after {
-            return table;
+            return Ok((table?, after));
         }
         // A failure here may come from the change itself (the table deleted between two
         // requests): read again rather than report it.

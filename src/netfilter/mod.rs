@@ -26,9 +26,9 @@ mod tests;
 use std::fmt;
 use std::io;
 
-pub use batch::commit;
+pub use batch::{commit, commit_on};
 pub use conntrack::{delete_flows, Flow};
-pub use dump::{dump, forward_chains, ForwardChain};
+pub use dump::{dump, forward_chains, snapshot, ForwardChain};
 pub use monitor::{Monitor, Removal};
 pub use render::render;
 pub use udata::COMMENT_MAX_LEN;

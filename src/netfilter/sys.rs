@@ -120,10 +120,25 @@ fn header(
     unsafe { sys::nftnl_nlmsg_build_hdr(at, msg_type, family, flags, seq) }
 }
 
-pub(crate) fn put_batch_begin(buf: &mut MsgBuf, seq: u32) -> usize {
+/// NFNL_BATCH_GENID (<linux/netfilter/nfnetlink.h>): the ruleset generation a batch is for.
+const NFNL_BATCH_GENID: u16 = 1;
+
+/// The batch-begin message; with `generation`, the kernel refuses the whole batch (ERESTART)
+/// unless the ruleset is still at that generation, and holds it there until the batch ends.
+pub(crate) fn put_batch_begin(buf: &mut MsgBuf, seq: u32, generation: Option<u32>) -> usize {
     let at = buf.reserve(64);
     // SAFETY: 64 zeroed, aligned bytes hold the 20-byte batch-begin message.
     unsafe { sys::nftnl_batch_begin(at, seq) };
+    if let Some(generation) = generation {
+        // libnftnl has no setter for it; nft writes it the same way: one u32 attribute, in
+        // network byte order, after the nfgenmsg.
+        let msg = buf.spare_mut();
+        let len = u32::from_ne_bytes(msg[..4].try_into().unwrap()) as usize;
+        msg[len..len + 2].copy_from_slice(&8u16.to_ne_bytes());
+        msg[len + 2..len + 4].copy_from_slice(&NFNL_BATCH_GENID.to_ne_bytes());
+        msg[len + 4..len + 8].copy_from_slice(&generation.to_be_bytes());
+        msg[..4].copy_from_slice(&(len as u32 + 8).to_ne_bytes());
+    }
     buf.finish(64)
 }
 

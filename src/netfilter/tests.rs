@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::model::Proto;
-use crate::ruleset::{Element, Layout, Owner, TableChange};
+use crate::ruleset::{ActualTable, Element, Layout, Owner, TableChange};
 
 /// Runs `f` on a fresh thread in a fresh network namespace; `None` when not root.
 fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -171,6 +171,48 @@ fn host_round_trip_add_remove_delete() {
         })
         .unwrap();
         assert_eq!(dump().unwrap(), None);
+    });
+}
+
+/// A batch on the generation a snapshot read goes in and leaves exactly what
+/// `ActualTable::after` predicts; after anyone else's commit, the same batch is refused on that
+/// generation and committed again without it.
+#[test]
+fn commit_on_a_generation() {
+    in_netns(|| {
+        let layout = host_layout();
+        let (none, generation) = snapshot().unwrap();
+        assert_eq!(none, None);
+        let change = create(layout, host_elements());
+        assert!(commit_on(&change, generation).unwrap(), "nothing moved");
+        let (read, generation) = snapshot().unwrap();
+        assert_eq!(read, ActualTable::after(None, &change));
+
+        let change = TableChange {
+            remove: host_elements()[..1].to_vec(),
+            add: vec![port(Proto::Tcp, 7000, "10.211.0.9:8080", "api-1")],
+            ..TableChange::default()
+        };
+        let predicted = ActualTable::after(read.as_ref(), &change);
+        // Another table's commit moves the generation: the condition fails, the change still
+        // goes in.
+        nft(&["add", "table", "inet", "other"], None);
+        assert!(
+            !commit_on(&change, generation).unwrap(),
+            "the ruleset moved"
+        );
+        assert_eq!(dump().unwrap(), predicted);
+        // On the generation read now, the next batch fits again.
+        let (_, generation) = snapshot().unwrap();
+        let again = TableChange {
+            add: vec![port(Proto::Tcp, 7001, "10.211.0.9:8081", "api-1")],
+            ..TableChange::default()
+        };
+        assert!(commit_on(&again, generation).unwrap());
+        assert_eq!(
+            dump().unwrap().unwrap().elements.len(),
+            host_elements().len() + 1
+        );
     });
 }
 

@@ -97,6 +97,7 @@ fn applied(d: &plan::Desired) -> Observed {
     Observed {
         bridge_ready: true,
         host_table: Some(table(d.host_layout, d.host_elements.clone())),
+        host_generation: None,
         host_sysctls: sysctls(&d.host_sysctls),
         instances: d
             .instances
@@ -106,6 +107,7 @@ fn applied(d: &plan::Desired) -> Observed {
                     netns_exists: true,
                     wired: true,
                     table: (!i.links.is_empty()).then(|| table(Layout::Instance, i.links.clone())),
+                    generation: None,
                     sysctls: sysctls(&i.sysctls),
                     container: None,
                 };
