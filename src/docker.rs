@@ -361,12 +361,12 @@ impl Docker {
         }
     }
 
-    /// Container events of gearnat's containers (every deployment's), from now on.
+    /// Container events, from now on; the caller keeps those of gearnat's containers (every
+    /// deployment's) by their `gearnat.deployment` attribute.
     pub fn events(&self) -> impl Stream<Item = Result<EventMessage, bollard::errors::Error>> {
-        let filters = HashMap::from([
-            ("type", vec!["container".to_string()]),
-            ("label", vec![LABEL_DEPLOYMENT.to_string()]),
-        ]);
+        // No `label` filter: Docker takes a bare key, but Podman's compatible API (4.3, as
+        // Debian 12 ships it) matches only `key=value` and would send no event at all.
+        let filters = HashMap::from([("type", vec!["container".to_string()])]);
         let options = EventsOptionsBuilder::new().filters(&filters).build();
         self.client.events(Some(options))
     }
