@@ -178,7 +178,8 @@ impl Drop for OutsideClient {
     }
 }
 
-/// A running `gearnat watch` and its output lines; killed on drop.
+/// A running `gearnat watch` and its output lines (stdout and stderr, so that `-v`'s log is
+/// seen too); killed on drop.
 pub struct Watch {
     child: Option<Child>,
     lines: mpsc::Receiver<String>,
@@ -186,15 +187,16 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Starts `cmd` (a `gearnat ... watch`) with its stdout read line by line.
+    /// Starts `cmd` (a `gearnat ... watch`) with its stdout and stderr read line by line.
     pub fn start(mut cmd: Command) -> Watch {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let (tx, lines) = mpsc::channel();
-        forward_lines(child.stdout.take().unwrap(), tx);
+        forward_lines(child.stdout.take().unwrap(), tx.clone());
+        forward_lines(child.stderr.take().unwrap(), tx);
         Watch {
             child: Some(child),
             lines,
@@ -223,6 +225,13 @@ impl Watch {
             "watch did not print {text:?} within {SOON:?}; it printed {:?}",
             self.seen
         );
+    }
+
+    /// Forgets what watch has printed so far: [`Watch::wait_for`] then looks only at later
+    /// lines.
+    pub fn forget_lines(&mut self) {
+        self.seen.clear();
+        while self.lines.try_recv().is_ok() {}
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit.
