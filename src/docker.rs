@@ -5,9 +5,10 @@
 //! (`/proc/<State.Pid>/ns/net`) right after inspect, and the netns helper enters it on a
 //! dedicated thread, never on this runtime's thread (see `netns::run_in`).
 //!
-//! Every container gearnat makes is named by its instance id and carries three labels:
-//! `gearnat.deployment`, `gearnat.instance` and `gearnat.spec` (a hash of image and
-//! environment), so a later run finds its own containers and knows which ones changed.
+//! Every container gearnat makes is named by its instance id and carries four labels:
+//! `gearnat.deployment`, `gearnat.instance`, `gearnat.spec` (a hash of image and environment)
+//! and `gearnat.image` (the image as the file names it), so a later run finds its own
+//! containers and knows which ones changed, and how.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -26,6 +27,7 @@ pub use crate::plan::ContainerSpec;
 pub const LABEL_DEPLOYMENT: &str = "gearnat.deployment";
 pub const LABEL_INSTANCE: &str = "gearnat.instance";
 pub const LABEL_SPEC: &str = "gearnat.spec";
+pub const LABEL_IMAGE: &str = "gearnat.image";
 
 /// How long a daemon may take to answer the first request before it counts as absent.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -209,8 +211,12 @@ impl Docker {
         // Opened at once: the pid is only valid while this container lives, and a restarted
         // container has another namespace. A container that died meanwhile reads as stopped.
         let netns = pid.and_then(|p| Netns::open_pid(p as u32).ok());
+        // Podman reports Config.Image qualified (`localhost/web:1` for a file's `web:1`), so
+        // it would read as another image; Config.Image serves only containers made before
+        // the label.
+        let image = labels.get(LABEL_IMAGE).cloned();
         Ok(Some(Seen {
-            image: c.config.as_ref().and_then(|c| c.image.clone()),
+            image: image.or_else(|| c.config.as_ref().and_then(|c| c.image.clone())),
             spec_hash: labels.get(LABEL_SPEC).cloned(),
             running: netns.is_some(),
             netns,
@@ -281,6 +287,7 @@ impl Docker {
             (LABEL_DEPLOYMENT.to_string(), deployment.to_string()),
             (LABEL_INSTANCE.to_string(), id.to_string()),
             (LABEL_SPEC.to_string(), spec.hash()),
+            (LABEL_IMAGE.to_string(), spec.image.clone()),
         ]);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -361,12 +368,12 @@ impl Docker {
         }
     }
 
-    /// Container events of gearnat's containers (every deployment's), from now on.
+    /// Container events, from now on; the caller keeps those of gearnat's containers (every
+    /// deployment's) by their `gearnat.deployment` attribute.
     pub fn events(&self) -> impl Stream<Item = Result<EventMessage, bollard::errors::Error>> {
-        let filters = HashMap::from([
-            ("type", vec!["container".to_string()]),
-            ("label", vec![LABEL_DEPLOYMENT.to_string()]),
-        ]);
+        // No `label` filter: Docker takes a bare key, but Podman's compatible API (4.3, as
+        // Debian 12 ships it) matches only `key=value` and would send no event at all.
+        let filters = HashMap::from([("type", vec!["container".to_string()])]);
         let options = EventsOptionsBuilder::new().filters(&filters).build();
         self.client.events(Some(options))
     }

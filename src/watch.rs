@@ -1,7 +1,7 @@
 //! `gearnat watch`: the reconciler, triggered by events instead of a command.
 //!
-//! Three threads feed one channel: Docker's container events (start, restart, die, destroy of
-//! containers labelled `gearnat.deployment`), nf_tables notifications of deletions in
+//! Three threads feed one channel: Docker's container events (start, restart, die, destroy
+//! (Podman: remove) of containers labelled `gearnat.deployment`), nf_tables notifications of deletions in
 //! gearnat's table in the host namespace (by anyone but gearnat, `nft flush ruleset`
 //! included), and SIGTERM/SIGINT. The main thread gathers what arrives within a short
 //! moment, then re-reconciles the deployments concerned from the state directory (the resolved
@@ -287,7 +287,11 @@ fn follow(docker: &Docker, stop: &AtomicBool, tx: &Sender<Trigger>) {
             Ok(Some(Ok(event))) => event,
         };
         let action = event.action.unwrap_or_default();
-        if !matches!(action.as_str(), "start" | "restart" | "die" | "destroy") {
+        // Podman's compatible API names Docker's `destroy` `remove`.
+        if !matches!(
+            action.as_str(),
+            "start" | "restart" | "die" | "destroy" | "remove"
+        ) {
             continue;
         }
         let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();

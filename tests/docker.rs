@@ -14,21 +14,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use gearnat::netns::{self, Netns};
-
-const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &["sh", "httpd", "nc", "sleep", "echo", "cat"];
-/// Longest wait for something that should happen "within seconds".
-const SOON: Duration = Duration::from_secs(10);
+use common::containers::{
+    eventually, exchange, http_get, import, in_pid, local, quiet, OutsideClient, Watch, BUSYBOX,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -99,8 +93,13 @@ impl Env {
     fn build_images(&mut self) {
         let web = self.image("web", 1);
         let db = self.image("db", 1);
-        import(&web, r#"trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"#);
         import(
+            Command::new("docker"),
+            &web,
+            r#"trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"#,
+        );
+        import(
+            Command::new("docker"),
             &db,
             r#"trap 'exit 0' TERM; nc -ll -p 27017 -e echo db & wait"#,
         );
@@ -185,38 +184,12 @@ impl Env {
 
     /// Starts `gearnat watch`, killed when the returned guard drops.
     fn watch(&self) -> Watch {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gearnat"))
-            .arg("--state-dir")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearnat"));
+        cmd.arg("--state-dir")
             .arg(self.state.path())
             .args(["watch", "--resync", "2"])
-            .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let mut reader = std::io::BufReader::new(stdout);
-            loop {
-                text.clear();
-                match std::io::BufRead::read_line(&mut reader, &mut text) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        eprint!("watch| {text}");
-                        if tx.send(text.trim_end().to_string()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Watch {
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-        }
+            .args(["--bridge", &self.bridge, "--subnet", &self.subnet]);
+        Watch::start(cmd)
     }
 
     /// Removes whatever the test may have left: containers named with its tag, their veths,
@@ -254,72 +227,6 @@ impl Drop for Env {
     }
 }
 
-/// A running `gearnat watch` and its output lines.
-struct Watch {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Watch {
-    /// Waits (bounded) for an output line containing `text`.
-    fn wait_for(&mut self, text: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + SOON;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "watch did not print {text:?} within {SOON:?}; it printed {:?}",
-            self.seen
-        );
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn terminate(&mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + SOON;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "watch exited with {status}");
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("watch did not stop within {SOON:?} of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        self.wait_for("watch: stopped (SIGTERM)");
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn quiet(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool).args(args).output().unwrap()
-}
-
 fn docker(args: &[&str]) -> String {
     let out = quiet("docker", args);
     assert!(
@@ -331,160 +238,15 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `docker import` of a root folder with busybox and its applets, running `script` with sh.
-fn import(name: &str, script: &str) {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    for dir in ["bin", "www", "tmp"] {
-        std::fs::create_dir(r.join(dir)).unwrap();
-    }
-    std::fs::copy(BUSYBOX, r.join("bin/busybox")).unwrap();
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(r.join("www/index.html"), "web\n").unwrap();
-    let cmd = serde_json::json!(["sh", "-c", script]).to_string();
-    let mut tar = Command::new("tar")
-        .args(["-C", r.to_str().unwrap(), "-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Command::new("docker")
-        .args(["import", "--change", &format!("CMD {cmd}"), "-", name])
-        .stdin(tar.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(tar.wait().unwrap().success());
-    assert!(
-        out.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn container_id(name: &str) -> String {
     docker(&["inspect", "-f", "{{.Id}}", name])
 }
 
-/// Runs `f` inside container `name`'s network namespace.
 /// Runs `f` inside container `name`'s network namespace; an error while the container is
 /// missing or stopped.
 fn in_container<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
     let out = quiet("docker", &["inspect", "-f", "{{.State.Pid}}", name]);
-    let pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| std::io::Error::other(format!("no running container {name}")))?;
-    let ns = Netns::open_pid(pid).map_err(std::io::Error::other)?;
-    netns::run_in(&ns, f).map_err(std::io::Error::other)
-}
-
-/// What a server sends before closing, after `request`.
-fn exchange(addr: SocketAddr, request: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(request.as_bytes())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply)
-}
-
-/// The body of `GET /` from `addr`.
-fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let reply = exchange(addr, "GET / HTTP/1.0\r\n\r\n")?;
-    match reply.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") => Ok(body.to_string()),
-        _ => Err(std::io::Error::other(format!("not HTTP: {reply:?}"))),
-    }
-}
-
-/// Retries `f` (bounded by [`SOON`]) until it succeeds.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> std::io::Result<T>) -> T {
-    let deadline = Instant::now() + SOON;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// A client outside the host: a namespace of the test's own, joined to the root namespace by a
-/// veth whose root end holds an address of the TEST-NET-2 range (198.51.100.0/24, RFC 5737).
-/// Dropping it deletes the namespace, and the veth pair with it.
-struct OutsideClient {
-    ns: String,
-    host: Ipv4Addr,
-}
-
-impl OutsideClient {
-    fn new(env: &Env) -> OutsideClient {
-        let pid = std::process::id();
-        let base = (pid % 60) as u8 * 4;
-        let (host, client) = (
-            Ipv4Addr::new(198, 51, 100, base + 1),
-            Ipv4Addr::new(198, 51, 100, base + 2),
-        );
-        let ns = format!("{}client", env.tag);
-        let root_if = format!("gno{pid}");
-        quiet("ip", &["netns", "delete", &ns]);
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &ns],
-            &[
-                "link", "add", &root_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-            &["addr", "add", &format!("{host}/30"), "dev", &root_if],
-            &["link", "set", &root_if, "up"],
-            &[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{client}/30"),
-                "dev",
-                "eth0",
-            ],
-            &["-n", &ns, "link", "set", "eth0", "up"],
-            &["-n", &ns, "link", "set", "lo", "up"],
-            &[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &host.to_string(),
-            ],
-        ];
-        // Made before the steps run, so that a failing step still removes the namespace.
-        let outside = OutsideClient {
-            ns: ns.clone(),
-            host,
-        };
-        for args in steps {
-            let out = quiet("ip", args);
-            assert!(out.status.success(), "ip {}: {:?}", args.join(" "), out);
-        }
-        outside
-    }
-
-    /// The body of `GET /` from the host's address on this client's link, port `port`.
-    fn http_get(&self, port: u16) -> std::io::Result<String> {
-        let ns = Netns::open_named(&self.ns).map_err(std::io::Error::other)?;
-        let to = SocketAddr::from((self.host, port));
-        netns::run_in(&ns, || http_get(to)).map_err(std::io::Error::other)?
-    }
-}
-
-impl Drop for OutsideClient {
-    fn drop(&mut self) {
-        quiet("ip", &["netns", "delete", &self.ns]);
-    }
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    in_pid(&String::from_utf8_lossy(&out.stdout), f)
 }
 
 /// The link from inside web-1: 127.0.0.1:27017 -> host:db_port -> db-1:27017.
@@ -579,7 +341,7 @@ fn containers_are_mapped_linked_recreated_and_removed() {
     );
     // From outside the host, to the host's address on the client's link (forwarded past
     // Docker's FORWARD policy by gearnat's DOCKER-USER rule).
-    let outside = OutsideClient::new(&env);
+    let outside = OutsideClient::new(&env.tag);
     assert_eq!(
         eventually("outside client -> web", || outside.http_get(port)),
         "web\n"

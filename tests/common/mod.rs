@@ -359,6 +359,7 @@ pub fn udp_request(
     })
     .map_err(io::Error::other)?
 }
+pub mod containers;
 mod kernel;
 mod nft;
 mod state;
