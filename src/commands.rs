@@ -68,7 +68,7 @@ fn pick_runtime(choice: cli::Runtime, record: Option<&DeploymentRecord>) -> Resu
         cli::Runtime::Docker => Ok(Runtime::Docker(connect_docker()?)),
         cli::Runtime::Auto => match Docker::connect() {
             Ok(d) => {
-                eprintln!(
+                warn_line!(
                     "gearnat: runtime docker (a Docker API {} answers at {})",
                     d.api_version(),
                     d.host()
@@ -76,7 +76,7 @@ fn pick_runtime(choice: cli::Runtime, record: Option<&DeploymentRecord>) -> Resu
                 Ok(Runtime::Docker(d))
             }
             Err(e) => {
-                eprintln!("gearnat: runtime netns (no Docker API: {e})");
+                warn_line!("gearnat: runtime netns (no Docker API: {e})");
                 Ok(Runtime::Netns)
             }
         },
@@ -137,7 +137,7 @@ fn load(args: &DeployArgs) -> Result<Deployment, Error> {
 
 pub(crate) fn lock(state_dir: &Path) -> Result<StateDir, Error> {
     Ok(StateDir::lock(state_dir, |path| {
-        eprintln!(
+        warn_line!(
             "gearnat: another gearnat is running; waiting for its lock on {}",
             path.display()
         );
@@ -245,8 +245,8 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
     })?;
     if args.output.output == Output::Text {
-        println!("applied in {} ms; read back: in sync", applied.as_millis());
-        print!("{}", report::mapping_lines(&resolved));
+        say!("applied in {} ms; read back: in sync", applied.as_millis());
+        say_part!("{}", report::mapping_lines(&resolved));
     }
     Ok(Status::Done)
 }
@@ -265,7 +265,7 @@ fn report_coexistence(net: &Network) {
             && finding.starts_with("table ip filter chain FORWARD "))
             || (passes.firewalld && finding.starts_with("firewalld is running"));
         if !handled {
-            eprintln!("gearnat: warning: {finding}");
+            warn_line!("gearnat: warning: {finding}");
         }
     }
 }
@@ -274,7 +274,7 @@ fn report_coexistence(net: &Network) {
 pub(crate) fn firewall_pass(net: &Network, output: Output) -> Result<(), Error> {
     for line in firewall::ensure(&net.bridge)? {
         match output {
-            Output::Text => println!("{line}"),
+            Output::Text => say!("{line}"),
             Output::Json => log::warn!("{line}"),
         }
     }
@@ -284,7 +284,7 @@ pub(crate) fn firewall_pass(net: &Network, output: Output) -> Result<(), Error> 
 /// Undoes [`firewall_pass`] once no deployment is left on the bridge.
 fn firewall_undo(net: &Network) -> Result<(), Error> {
     for line in firewall::remove(&net.bridge)? {
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }
@@ -358,13 +358,13 @@ fn print_plan(output: Output, plan: &plan::Plan, net: &Network, resolved: &Resol
         Output::Json => {
             let mut v = report::plan_json(plan);
             v["mappings"] = geard::output_file_instances(resolved);
-            println!("{v:#}");
+            say!("{v:#}");
         }
         Output::Text if plan.is_empty() => {
-            println!("deployment {}: in sync; nothing to change", plan.deployment);
+            say!("deployment {}: in sync; nothing to change", plan.deployment);
         }
         Output::Text => {
-            print!("{}", plan_text(&plan.deployment, "plan", plan, net));
+            say_part!("{}", plan_text(&plan.deployment, "plan", plan, net));
         }
     }
 }
@@ -442,7 +442,7 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         },
         others == 0,
     );
-    print!("{}", plan_text(&name, "down", &plan, &net));
+    say_part!("{}", plan_text(&name, "down", &plan, &net));
     reconcile::execute(&host, &net, &rt, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
         firewall_undo(&net)?;
@@ -467,7 +467,7 @@ pub fn compile(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         .unwrap_or_default();
     let (resolved, _) = resolve_with(&d, &args.file, &reservations, &BTreeSet::new(), &net)?;
     let desired = plan::desired(&resolved, &plan_config(&net));
-    print!("{}", compile_text(&desired));
+    say_part!("{}", compile_text(&desired));
     Ok(Status::Done)
 }
 
@@ -519,9 +519,9 @@ pub fn status(
         // A record without its resolved file: the first apply failed before the end.
         if !file.exists() {
             match args.output {
-                Output::Text => println!(
-                    "{name}: apply did not finish (run gearnat apply again, or gearnat down)"
-                ),
+                Output::Text => {
+                    say!("{name}: apply did not finish (run gearnat apply again, or gearnat down)")
+                }
                 Output::Json => all.push(json!({
                     "deployment": name,
                     "source": record.source,
@@ -545,9 +545,9 @@ pub fn status(
                 } else {
                     "drifted (run gearnat apply)"
                 };
-                println!("{name}: {} instances, {sync}", resolved.instances.len());
+                say!("{name}: {} instances, {sync}", resolved.instances.len());
                 for p in &paths {
-                    println!("  {p}");
+                    say!("  {p}");
                 }
             }
             Output::Json => all.push(json!({
@@ -560,7 +560,7 @@ pub fn status(
         }
     }
     if args.output == Output::Json {
-        println!("{:#}", serde_json::Value::Array(all));
+        say!("{:#}", serde_json::Value::Array(all));
     }
     Ok(Status::Done)
 }

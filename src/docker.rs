@@ -235,7 +235,7 @@ impl Docker {
                 })
             }
         }
-        eprintln!("gearnat: pulling image {image}");
+        warn_line!("gearnat: pulling image {image}");
         let (repo, tag) = split_image(image);
         let options = CreateImageOptionsBuilder::new()
             .from_image(repo)
@@ -263,12 +263,12 @@ impl Docker {
                         .flatten()
                         .collect::<Vec<_>>()
                         .join(" ");
-                    eprint!("\r\x1b[K{line}");
+                    warn_part!("\r\x1b[K{line}");
                     let _ = std::io::stderr().flush();
                 }
             }
             if terminal {
-                eprintln!();
+                warn_line!();
             }
             Ok(())
         })

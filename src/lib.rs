@@ -1,6 +1,40 @@
 //! gearnat: geard's deployment files compiled into nftables DNAT rules and network-namespace
 //! settings, put into the kernel over netlink and kept there by a reconciler.
 
+/// `println!` for the commands' output, except that a reader that went away
+/// (`gearnat down | head -1`) does not stop the command half way: the rest of its output is
+/// dropped, not the rest of its work.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the line break.
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`say!`] on stderr.
+macro_rules! warn_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`say_part!`] on stderr.
+macro_rules! warn_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod coexist;
 pub mod commands;

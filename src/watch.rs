@@ -66,7 +66,7 @@ pub fn watch(state_dir: &Path, args: &WatchArgs) -> Result<Status, Error> {
     threads.push(spawn_docker(stop.clone(), tx.clone()));
     drop(tx);
 
-    println!("watch: watching the deployments in {}", state_dir.display());
+    say!("watch: watching the deployments in {}", state_dir.display());
     pass(state_dir, &net, None, "start of watch");
     let resync = (args.resync > 0).then(|| Duration::from_secs(args.resync));
     let signal = loop {
@@ -97,8 +97,8 @@ pub fn watch(state_dir: &Path, args: &WatchArgs) -> Result<Status, Error> {
         let _ = t.join();
     }
     match signal {
-        Some(sig) => println!("watch: stopped ({sig})"),
-        None => println!("watch: stopped"),
+        Some(sig) => say!("watch: stopped ({sig})"),
+        None => say!("watch: stopped"),
     }
     Ok(Status::Done)
 }
@@ -131,14 +131,14 @@ fn pass(state_dir: &Path, net: &Network, only: Option<&str>, reason: &str) {
         None => match crate::state::StateDir::read_only(state_dir).deployments() {
             Ok(names) => names,
             Err(e) => {
-                eprintln!("watch: {e}");
+                warn_line!("watch: {e}");
                 return;
             }
         },
     };
     for name in names {
         if let Err(e) = reconcile_saved(state_dir, net, &name, reason) {
-            eprintln!("watch: {name}: {e}");
+            warn_line!("watch: {name}: {e}");
         }
     }
 }
@@ -171,7 +171,7 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
         return firewall_pass(net, Output::Text);
     }
     for line in report::plan_lines(&plan, &net.bridge) {
-        println!("watch: {name}: {line} ({reason})");
+        say!("watch: {name}: {line} ({reason})");
     }
     let mut record = reconcile::intent(record, Some(&desired), &plan);
     reconcile::execute(&host, net, &rt, &plan, &mut record, |r| {
@@ -212,7 +212,7 @@ fn spawn_nftables(stop: Arc<AtomicBool>, tx: Sender<Trigger>) -> thread::JoinHan
         let mut monitor = match netfilter::Monitor::open() {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("watch: cannot follow nftables changes: {e}");
+                warn_line!("watch: cannot follow nftables changes: {e}");
                 return;
             }
         };
@@ -228,7 +228,7 @@ fn spawn_nftables(stop: Arc<AtomicBool>, tx: Sender<Trigger>) -> thread::JoinHan
                     }
                 }
                 Err(e) => {
-                    eprintln!("watch: reading nftables notifications: {e}");
+                    warn_line!("watch: reading nftables notifications: {e}");
                     thread::sleep(Duration::from_secs(1));
                 }
             }
@@ -243,7 +243,7 @@ fn spawn_docker(stop: Arc<AtomicBool>, tx: Sender<Trigger>) -> thread::JoinHandl
         while !stop.load(Ordering::SeqCst) {
             match Docker::connect() {
                 Ok(docker) => {
-                    println!(
+                    say!(
                         "watch: following Docker events (API {} at {})",
                         docker.api_version(),
                         docker.host()
@@ -281,7 +281,7 @@ fn follow(docker: &Docker, stop: &AtomicBool, tx: &Sender<Trigger>) {
             Err(_) => continue,
             Ok(None) => return,
             Ok(Some(Err(e))) => {
-                eprintln!("watch: Docker events: {e}");
+                warn_line!("watch: Docker events: {e}");
                 return;
             }
             Ok(Some(Ok(event))) => event,

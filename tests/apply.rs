@@ -504,3 +504,41 @@ fn instances_reach_other_hosts_with_the_hosts_address() {
         "outside"
     );
 }
+
+/// A reader that goes away (`gearnat down | head -1`) loses the rest of the output, not the
+/// rest of the work: down still removes everything and exits 0.
+#[test]
+fn down_finishes_when_its_reader_has_gone() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("ga10");
+    let tag = host.tag().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let file = write_file(&files, "seed.json", &seed(&tag));
+    host.apply_ok(&file);
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearnat"));
+    cmd.env("GEARNAT_RUNTIME", "netns")
+        .arg("--state-dir")
+        .arg(host.state_dir())
+        .args(["down", file.to_str().unwrap()])
+        .stdout(Stdio::from(write_end));
+    let out = common::output_in(host.host_ns(), cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!nft_list(host.host_ns()).contains("gearnat"));
+    assert!(!PathBuf::from("/run/netns")
+        .join(format!("{tag}rockmongo-1"))
+        .exists());
+    let status = host.run(&["status"]);
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("seed"),
+        "the deployment is still recorded"
+    );
+}
