@@ -220,7 +220,7 @@ impl Server {
         self.addr
     }
 
-    /// How many connections (TCP) or datagrams (UDP) it has answered.
+    /// How many connections (TCP) it has answered, or datagrams (UDP) it has received.
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
     }
@@ -293,9 +293,10 @@ pub fn serve_udp(ns_name: &str, addr: SocketAddr, reply: &str) -> Server {
         while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
             match socket.recv_from(&mut buf) {
                 Ok((_, peer)) => {
-                    if socket.send_to(reply.as_bytes(), peer).is_ok() {
-                        served.fetch_add(1, Ordering::SeqCst);
-                    }
+                    // Counted before the reply: a client that has its reply must find the
+                    // datagram counted.
+                    served.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.send_to(reply.as_bytes(), peer);
                 }
                 Err(e)
                     if matches!(
