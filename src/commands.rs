@@ -157,14 +157,14 @@ fn listening() -> Result<BTreeSet<(Proto, u16)>, Error> {
     Ok(out)
 }
 
-/// Resolves `d` against the saved reservations.
+/// Resolves `d` against the saved reservations; the new reservations when they changed.
 pub(crate) fn resolve_with(
     d: &Deployment,
     file: &Path,
     reservations: &Reservations,
     listening: &BTreeSet<(Proto, u16)>,
     net: &Network,
-) -> Result<(Resolved, Reservations), Error> {
+) -> Result<(Resolved, Option<Reservations>), Error> {
     let cx = resolve::Context {
         reservations,
         listening,
@@ -190,10 +190,11 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let state = lock(state_dir)?;
     let saved_reservations = timed("read state", || state.reservations())?;
     let (resolved, reservations) = timed("resolve", || {
-        resolve_with(&d, &args.file, &saved_reservations, &listening()?, &net)
+        let listening = timed("listening sockets", listening)?;
+        resolve_with(&d, &args.file, &saved_reservations, &listening, &net)
     })?;
     // Written once, and only when resolving changed it (10,000 ports: a 1 MB file).
-    let mut unsaved = (reservations != saved_reservations).then_some(&reservations);
+    let mut unsaved = reservations.as_ref();
     let mut desired = timed("plan desired", || {
         plan::desired(&resolved, &plan_config(&net))
     });
@@ -210,8 +211,8 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         print_plan(args.output.output, &plan, &net, &resolved)
     });
     if plan.is_empty() {
-        firewall_pass(&net, args.output.output)?;
-        report_coexistence(&net);
+        timed("firewalls", || firewall_pass(&net, args.output.output))?;
+        timed("coexistence", || report_coexistence(&net));
         timed("save state", || {
             save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
         })?;
@@ -239,8 +240,8 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
             (&plan, &committed),
         )
     })?;
-    firewall_pass(&net, args.output.output)?;
-    report_coexistence(&net);
+    timed("firewalls", || firewall_pass(&net, args.output.output))?;
+    timed("coexistence", || report_coexistence(&net));
     timed("save state", || {
         save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
     })?;

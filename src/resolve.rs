@@ -95,11 +95,16 @@ pub struct Context<'a> {
     pub pool: Ipv4Net,
 }
 
-/// Resolves `d`; returns the instances and the reservations as they must be saved.
-pub fn resolve(d: &Deployment, cx: &Context) -> Result<(Resolved, Reservations), ResolveError> {
-    let mut reservations = cx.reservations.clone();
-    let addresses = assign_addresses(d, cx, &mut reservations)?;
-    let host_ports = assign_host_ports(d, cx, &mut reservations)?;
+/// Resolves `d`; returns the instances, and the reservations as they must be saved when
+/// resolving changed them (`None`: the saved ones still hold).
+pub fn resolve(
+    d: &Deployment,
+    cx: &Context,
+) -> Result<(Resolved, Option<Reservations>), ResolveError> {
+    let ids = instance_ids(d);
+    let addresses = assign_addresses(d, cx)?;
+    let host_ports = assign_host_ports(d, cx, &ids)?;
+    let reservations = updated_reservations(d, cx.reservations, &ids, &addresses, &host_ports);
     let targets = assign_targets(d)?;
     let gateway = gateway(cx.pool);
 
@@ -150,19 +155,31 @@ pub fn gateway(pool: Ipv4Net) -> Ipv4Addr {
 /// One public port of one instance: the instance, the protocol and the internal port.
 type PortKey = (InstanceNumber, Proto, u16);
 
+/// The id of each instance of `d`.
+fn instance_ids(d: &Deployment) -> HashMap<InstanceNumber, String> {
+    d.containers
+        .iter()
+        .enumerate()
+        .flat_map(|(container, c)| {
+            (1..=c.count).map(move |n| (InstanceNumber { container, n }, d.instance_id(c, n)))
+        })
+        .collect()
+}
+
 /// Addresses: an instance keeps the one it had; a new one gets the lowest free address.
 fn assign_addresses(
     d: &Deployment,
     cx: &Context,
-    reservations: &mut Reservations,
 ) -> Result<BTreeMap<String, Ipv4Addr>, ResolveError> {
     let wanted: Vec<String> = d.instance_ids();
     let wanted_set: HashSet<&String> = wanted.iter().collect();
+    let reserved = &cx.reservations.addresses;
     // Instances this deployment no longer has give their addresses back.
-    reservations
-        .addresses
-        .retain(|id, h| h.deployment != d.name || wanted_set.contains(id));
-    let mut used: HashSet<Ipv4Addr> = reservations.addresses.values().map(|h| h.address).collect();
+    let mut used: HashSet<Ipv4Addr> = reserved
+        .iter()
+        .filter(|(id, h)| h.deployment != d.name || wanted_set.contains(id))
+        .map(|(_, h)| h.address)
+        .collect();
     let network = u32::from(cx.pool.network());
     let size = 1u64 << (32 - u32::from(cx.pool.prefix));
     // .0 is the network, .1 the gateway, the last the broadcast address.
@@ -170,7 +187,7 @@ fn assign_addresses(
 
     let mut out = BTreeMap::new();
     for id in wanted {
-        if let Some(h) = reservations.addresses.get(&id) {
+        if let Some(h) = reserved.get(&id) {
             if h.deployment != d.name {
                 return Err(ResolveError::InstanceHeld {
                     instance: id,
@@ -186,11 +203,6 @@ fn assign_addresses(
             .find(|a| !used.contains(a))
             .ok_or(ResolveError::AddressesExhausted { pool: cx.pool })?;
         used.insert(address);
-        let holder = AddressHolder {
-            deployment: d.name.clone(),
-            address,
-        };
-        reservations.addresses.insert(id.clone(), holder);
         out.insert(id, address);
     }
     Ok(out)
@@ -198,33 +210,23 @@ fn assign_addresses(
 
 /// Host ports, in geard's order of precedence: an explicit `external`, then a port a geard
 /// output file recorded, then the port the instance held before, then the lowest free one.
+/// The deployment's own reservations count as given back: only other deployments' hold.
 fn assign_host_ports(
     d: &Deployment,
     cx: &Context,
-    reservations: &mut Reservations,
+    ids: &HashMap<InstanceNumber, String>,
 ) -> Result<HashMap<PortKey, u16>, ResolveError> {
-    let ids: HashMap<InstanceNumber, String> = d
-        .containers
-        .iter()
-        .enumerate()
-        .flat_map(|(container, c)| {
-            (1..=c.count).map(move |n| (InstanceNumber { container, n }, d.instance_id(c, n)))
-        })
-        .collect();
     let by_id: HashMap<&str, InstanceNumber> =
         ids.iter().map(|(i, id)| (id.as_str(), *i)).collect();
     // What each of this deployment's public ports held before. Maps, not scans: a deployment
     // can have MAX_MAPPINGS of them.
-    let previous: HashMap<PortKey, u16> = reservations
-        .ports
-        .iter()
+    let previous: HashMap<PortKey, u16> = (cx.reservations.ports.iter())
         .filter(|(_, h)| h.deployment == d.name)
         .filter_map(|(k, h)| {
             let instance = *by_id.get(h.instance.as_str())?;
             Some(((instance, k.proto, h.internal), k.port))
         })
         .collect();
-    reservations.release_ports(&d.name);
     let pinned: HashMap<PortKey, u16> = d
         .pinned
         .iter()
@@ -246,36 +248,45 @@ fn assign_host_ports(
         }
     }
 
-    let mut out = HashMap::new();
-    let mut hold = |reservations: &mut Reservations, key: &PortKey, port: u16| {
-        let holder = PortHolder {
-            deployment: d.name.clone(),
-            instance: ids[&key.0].clone(),
-            internal: key.2,
-        };
-        reservations
-            .ports
-            .insert(HostPort { proto: key.1, port }, holder);
-        out.insert(*key, port);
-    };
+    // Ports given out so far in this run, and to which instance.
+    let mut taken: HashMap<HostPort, InstanceNumber> = HashMap::with_capacity(previous.len());
+    let held_elsewhere =
+        |proto, port| (cx.reservations.port_holder(proto, port)).filter(|h| h.deployment != d.name);
+    let mut out = HashMap::with_capacity(previous.len());
     for (key, port) in &fixed {
-        if let Some(h) = reservations.port_holder(key.1, *port) {
+        let at = HostPort {
+            proto: key.1,
+            port: *port,
+        };
+        let holder = match (held_elsewhere(key.1, *port), taken.get(&at)) {
+            (Some(h), _) => Some((h.deployment.clone(), h.instance.clone())),
+            (None, Some(i)) => Some((d.name.clone(), ids[i].clone())),
+            (None, None) => None,
+        };
+        if let Some((holder, holder_instance)) = holder {
             return Err(ResolveError::PortHeld {
                 proto: key.1,
                 port: *port,
                 instance: ids[&key.0].clone(),
-                holder: h.deployment.clone(),
-                holder_instance: h.instance.clone(),
+                holder,
+                holder_instance,
             });
         }
-        hold(reservations, key, *port);
+        taken.insert(at, key.0);
+        out.insert(*key, *port);
     }
+    let free = |taken: &HashMap<HostPort, InstanceNumber>, proto, port| {
+        held_elsewhere(proto, port).is_none() && !taken.contains_key(&HostPort { proto, port })
+    };
     // Keep what each open port held before, unless an explicit port took it meanwhile.
     let mut still_open = Vec::new();
     for key in open {
         let kept = previous.get(&key).copied();
-        match kept.filter(|port| reservations.port_holder(key.1, *port).is_none()) {
-            Some(port) => hold(reservations, &key, port),
+        match kept.filter(|port| free(&taken, key.1, *port)) {
+            Some(port) => {
+                taken.insert(HostPort { proto: key.1, port }, key.0);
+                out.insert(key, port);
+            }
             None => still_open.push(key),
         }
     }
@@ -285,21 +296,66 @@ fn assign_host_ports(
     for key in still_open {
         let from = cursor.get(&key.1).copied().unwrap_or(*HOST_PORTS.start());
         let port = (from..=*HOST_PORTS.end())
-            .find(|p| {
-                reservations.port_holder(key.1, *p).is_none()
-                    && !cx.listening.contains(&(key.1, *p))
-            })
+            .find(|p| free(&taken, key.1, *p) && !cx.listening.contains(&(key.1, *p)))
             .ok_or(ResolveError::PortsExhausted)?;
         cursor.insert(key.1, port);
-        hold(reservations, &key, port);
+        taken.insert(HostPort { proto: key.1, port }, key.0);
+        out.insert(key, port);
     }
     Ok(out)
 }
 
-impl Reservations {
-    fn release_ports(&mut self, deployment: &str) {
-        self.ports.retain(|_, h| h.deployment != deployment);
+/// The reservations with `d`'s replaced by `addresses` and `host_ports`; `None` when that
+/// changes nothing (an unchanged re-apply, checked without copying 10,000 reservations).
+fn updated_reservations(
+    d: &Deployment,
+    saved: &Reservations,
+    ids: &HashMap<InstanceNumber, String>,
+    addresses: &BTreeMap<String, Ipv4Addr>,
+    host_ports: &HashMap<PortKey, u16>,
+) -> Option<Reservations> {
+    let port_holder = |key: &PortKey| PortHolder {
+        deployment: d.name.clone(),
+        instance: ids[&key.0].clone(),
+        internal: key.2,
+    };
+    let ours = |h: &&PortHolder| h.deployment == d.name;
+    let ports_same = saved.ports.values().filter(ours).count() == host_ports.len()
+        && host_ports.iter().all(|(key, port)| {
+            saved.port_holder(key.1, *port).is_some_and(|h| {
+                h.deployment == d.name && h.instance == ids[&key.0] && h.internal == key.2
+            })
+        });
+    let addresses_same = (saved.addresses.values())
+        .filter(|h| h.deployment == d.name)
+        .count()
+        == addresses.len()
+        && addresses.iter().all(|(id, address)| {
+            saved
+                .addresses
+                .get(id)
+                .is_some_and(|h| h.deployment == d.name && h.address == *address)
+        });
+    if ports_same && addresses_same {
+        return None;
     }
+    let mut updated = saved.clone();
+    updated.release(&d.name);
+    for (key, port) in host_ports {
+        let at = HostPort {
+            proto: key.1,
+            port: *port,
+        };
+        updated.ports.insert(at, port_holder(key));
+    }
+    for (id, address) in addresses {
+        let holder = AddressHolder {
+            deployment: d.name.clone(),
+            address: *address,
+        };
+        updated.addresses.insert(id.clone(), holder);
+    }
+    Some(updated)
 }
 
 /// Link targets as geard gave them: every linked port of every target instance gets one virtual
@@ -494,16 +550,37 @@ mod tests {
         "10.211.0.0/16".parse().unwrap()
     }
 
+    /// Resolves `d` against `r`; the reservations as they are saved afterwards.
     fn run(d: &Deployment, r: &Reservations) -> Result<(Resolved, Reservations), ResolveError> {
         let listening = BTreeSet::new();
-        resolve(
-            d,
-            &Context {
+        let cx = Context {
+            reservations: r,
+            listening: &listening,
+            pool: pool(),
+        };
+        let (resolved, updated) = resolve(d, &cx)?;
+        Ok((resolved, updated.unwrap_or_else(|| r.clone())))
+    }
+
+    #[test]
+    fn reservations_are_new_only_when_they_change() {
+        let listening = BTreeSet::new();
+        let resolve_on = |d: &Deployment, r: &Reservations| {
+            let cx = Context {
                 reservations: r,
                 listening: &listening,
                 pool: pool(),
-            },
-        )
+            };
+            resolve(d, &cx).unwrap().1
+        };
+        let first = resolve_on(&seed(), &Reservations::default()).expect("new reservations");
+        assert_eq!(resolve_on(&seed(), &first), None, "nothing changed");
+        let mut grown = seed();
+        grown.containers[1].count = 2;
+        let second = resolve_on(&grown, &first).expect("a new instance");
+        assert_eq!(second.addresses.len(), 3);
+        // Shrinking back gives the new instance's port and address back.
+        assert_eq!(resolve_on(&seed(), &second), Some(first));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub fn validate(raw: &RawDeployment, name: String) -> Result<Deployment, Vec<Pro
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
+    // Sized once, within the limits: claims grow to one per public port.
+    v.claims
+        .reserve(raw.containers.iter().map(|c| c.public_ports.len()).sum());
     if let Some(r) = raw.randomize_ids.as_ref().filter(|r| r.value) {
         v.problem(
             r.pos,
@@ -284,7 +287,7 @@ impl Validator {
     /// is claimed for this container, and only one instance can have it.
     fn public_ports(&mut self, c: &RawContainer, name: &str, count: u32) -> Vec<PublicPort> {
         let mut out: Vec<PublicPort> = Vec::new();
-        let mut seen: HashMap<(u16, Proto), Pos> = HashMap::new();
+        let mut seen: HashMap<(u16, Proto), Pos> = HashMap::with_capacity(c.public_ports.len());
         let who: Rc<str> = format!("container {}", Shown(name)).into();
         for p in &c.public_ports {
             let Some(port) = self.public_port(p) else {
