@@ -349,9 +349,24 @@ fn save_resolved(
     if let Some(reservations) = unsaved {
         state.save_reservations(reservations)?;
     }
-    state.save_resolved(&d.name, &geard::output_file(d, resolved))?;
+    let digest = resolved_digest(d, resolved);
+    let written =
+        record.resolved_digest.as_ref() == Some(&digest) && state.resolved_path(&d.name).exists();
+    if !written {
+        state.save_resolved(&d.name, &geard::output_file(d, resolved))?;
+    }
+    record.resolved_digest = Some(digest);
     state.save_record(&record)?;
     Ok(())
+}
+
+/// What geard's output file is made of, hashed: `d` and how it resolved.
+fn resolved_digest(d: &Deployment, resolved: &Resolved) -> String {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same inputs hash the same in every run of this build.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (d, resolved).hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 fn print_plan(output: Output, plan: &plan::Plan, net: &Network, resolved: &Resolved) {

@@ -41,7 +41,7 @@ impl fmt::Display for Proto {
 }
 
 /// One deployment file, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Deployment {
     /// The deployment's name: the file's stem, or `--name`.
     pub name: String,
@@ -53,7 +53,7 @@ pub struct Deployment {
 }
 
 /// A container description: `count` instances of one image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Container {
     pub name: String,
     pub image: Option<String>,
@@ -73,7 +73,7 @@ pub struct PublicPort {
 }
 
 /// A link from every instance of one container to the public ports of another.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Link {
     /// The target container's name.
     pub to: String,
@@ -87,14 +87,14 @@ pub struct Link {
     pub non_local: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EnvVar {
     pub name: String,
     pub value: String,
 }
 
 /// A host port that geard's output file recorded for one instance's public port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PinnedPort {
     pub instance: InstanceNumber,
     pub internal: u16,

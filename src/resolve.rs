@@ -18,14 +18,14 @@ const LOOPBACK_TARGET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const NON_LOCAL_TARGET: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 
 /// A deployment with everything decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Resolved {
     pub deployment: String,
     pub gateway: Ipv4Addr,
     pub instances: Vec<Instance>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Instance {
     pub id: String,
     /// The container this is an instance of.
@@ -37,7 +37,7 @@ pub struct Instance {
 }
 
 /// One public port of one instance, on its host port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mapping {
     pub proto: Proto,
     pub internal: u16,
@@ -47,7 +47,7 @@ pub struct Mapping {
 }
 
 /// What a source instance dials for one linked port, and where it really goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LinkTarget {
     pub proto: Proto,
     /// The virtual address dialled inside the source (127.0.0.1:27017).

@@ -542,3 +542,38 @@ fn down_finishes_when_its_reader_has_gone() {
         "the deployment is still recorded"
     );
 }
+
+/// geard's output form in the state directory follows the file: rewritten when the file
+/// changes, put back when it is missing, and left alone by an unchanged re-apply.
+#[test]
+fn the_resolved_file_follows_the_deployment() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("ga11");
+    let tag = host.tag().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let file = write_file(&files, "seed.json", &seed(&tag));
+    host.apply_ok(&file);
+    let resolved = host.state_dir().join("deployments/seed.json");
+    let first = fs::read_to_string(&resolved).unwrap();
+    assert!(first.contains("derekwaynecarr/rockmongo"), "{first}");
+    let written = fs::metadata(&resolved).unwrap().modified().unwrap();
+
+    host.apply_ok(&file);
+    assert_eq!(
+        fs::metadata(&resolved).unwrap().modified().unwrap(),
+        written,
+        "an unchanged re-apply rewrote it"
+    );
+
+    let changed = seed(&tag).replace("derekwaynecarr/rockmongo", "example/rockmongo:2");
+    fs::write(&file, changed).unwrap();
+    host.apply_ok(&file);
+    let second = fs::read_to_string(&resolved).unwrap();
+    assert!(second.contains("example/rockmongo:2"), "{second}");
+
+    fs::remove_file(&resolved).unwrap();
+    host.apply_ok(&file);
+    assert_eq!(fs::read_to_string(&resolved).unwrap(), second);
+}

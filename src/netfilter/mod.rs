@@ -7,7 +7,9 @@
 //!   (all or nothing) and sends it in one `sendmsg`; every message asks for an acknowledgement,
 //!   so a failure names the object the kernel rejected, down to the element.
 //! - [`dump`] reads the table, its maps and their elements back with nf_tables' own GET
-//!   requests, parsed by libnftnl; it never runs `nft`.
+//!   requests (the table and maps parsed by libnftnl, the elements straight from the messages);
+//!   it never runs `nft`. [`snapshot`] also returns the ruleset generation it read at, on which
+//!   [`commit_on`] makes a batch conditional.
 //! - [`render`] writes the same table in nft syntax.
 
 mod batch;
