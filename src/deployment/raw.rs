@@ -163,11 +163,11 @@ struct Builder {
 
 /// An object's members, looked up by the position of their key in the list of known keys.
 struct Fields<'n> {
-    found: Vec<Option<&'n Node>>,
+    found: Vec<Option<&'n Node<'n>>>,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, i: usize) -> Option<&'n Node> {
+    fn get(&self, i: usize) -> Option<&'n Node<'n>> {
         self.found[i]
     }
 }
@@ -189,7 +189,7 @@ impl Builder {
 
     /// Matches an object's keys against `keys` (geard's CamelCase spelling), regardless of case.
     /// `what` names the object in messages ("a container"). `None` if it is not an object.
-    fn object<'n>(&mut self, node: &'n Node, what: &str, keys: &[&str]) -> Option<Fields<'n>> {
+    fn object<'n>(&mut self, node: &'n Node<'n>, what: &str, keys: &[&str]) -> Option<Fields<'n>> {
         let Value::Object(members) = &node.value else {
             self.wrong_type(node, "an object", what);
             return None;
@@ -223,7 +223,7 @@ impl Builder {
         let node = node?;
         match &node.value {
             Value::String(s) => Some(Spanned {
-                value: s.clone(),
+                value: s.to_string(),
                 pos: node.pos,
             }),
             _ => {
@@ -287,10 +287,10 @@ impl Builder {
     /// An array's elements; `max`, if given, is a limit on their number.
     fn array<'n>(
         &mut self,
-        node: Option<&'n Node>,
+        node: Option<&'n Node<'n>>,
         what: &str,
         max: Option<(usize, &str)>,
-    ) -> &'n [Node] {
+    ) -> &'n [Node<'n>] {
         let Some(node) = node else { return &[] };
         let Value::Array(items) = &node.value else {
             self.wrong_type(node, "an array", what);
@@ -549,13 +549,13 @@ fn to_json(node: &Node) -> serde_json::Value {
         Value::Number(text) => text
             .parse::<serde_json::Number>()
             .map(serde_json::Value::Number)
-            .unwrap_or_else(|_| serde_json::Value::String(text.clone())),
-        Value::String(s) => serde_json::Value::String(s.clone()),
+            .unwrap_or_else(|_| serde_json::Value::String(text.to_string())),
+        Value::String(s) => serde_json::Value::String(s.to_string()),
         Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
         Value::Object(members) => serde_json::Value::Object(
             members
                 .iter()
-                .map(|m| (m.key.clone(), to_json(&m.value)))
+                .map(|m| (m.key.to_string(), to_json(&m.value)))
                 .collect(),
         ),
     }
