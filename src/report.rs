@@ -2,6 +2,7 @@
 //! mappings the way geard's deploy log showed them.
 
 use std::fmt::Write;
+use std::net::SocketAddrV4;
 
 use serde_json::{json, Value};
 
@@ -74,23 +75,18 @@ fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
     if p.table.create.is_some() {
         out.push(format!("+ {ns} table ip gearnat"));
     }
-    out.extend(
-        p.table
-            .remove
-            .iter()
-            .map(|e| format!("- {ns} {}", element_text(e))),
-    );
-    out.extend(
-        p.table
-            .add
-            .iter()
-            .map(|e| format!("+ {ns} {}", element_text(e))),
-    );
-    out.extend(
-        p.stale_flows
-            .iter()
-            .map(|e| format!("- {ns} conntrack {}", element_text(e))),
-    );
+    // `- host tcp 6060 -> ...`, `- host conntrack udp 5353 -> ...`
+    let line = |sign: &str, what: &str, e: &Element| {
+        let mut line = String::with_capacity(64);
+        for part in [sign, " ", ns, " ", what] {
+            line.push_str(part);
+        }
+        push_element(&mut line, e);
+        line
+    };
+    out.extend(p.table.remove.iter().map(|e| line("-", "", e)));
+    out.extend(p.table.add.iter().map(|e| line("+", "", e)));
+    out.extend(p.stale_flows.iter().map(|e| line("-", "conntrack ", e)));
     for s in &p.sysctls {
         let from = s.from.as_deref().map_or("unset", str::trim);
         out.push(format!("~ {ns} sysctl {} {from} -> {}", s.key, s.to));
@@ -99,6 +95,15 @@ fn ns_lines(out: &mut Vec<String>, ns: &str, p: &NsPlan) {
 
 /// `tcp 6060 -> rockmongo-1 10.211.0.2:80` or `tcp 127.0.0.1:27017 -> 10.211.0.1:4000`.
 pub fn element_text(e: &Element) -> String {
+    let mut out = String::with_capacity(48);
+    push_element(&mut out, e);
+    out
+}
+
+/// [`element_text`], appended to `out`. Put together by hand rather than with `format!`: a plan
+/// of 10,000 mappings has 10,000 of these lines, and formatting their numbers and addresses
+/// through `fmt` cost more than all the rest of printing the plan.
+fn push_element(out: &mut String, e: &Element) {
     match e {
         Element::Port {
             proto,
@@ -106,11 +111,50 @@ pub fn element_text(e: &Element) -> String {
             target,
             owner,
         } => {
-            format!("{proto} {host_port} -> {} {target}", owner.instance)
+            out.push_str(proto.as_str());
+            out.push(' ');
+            push_number(out, u32::from(*host_port));
+            out.push_str(" -> ");
+            out.push_str(&owner.instance);
+            out.push(' ');
+            push_socket_addr(out, target);
         }
         Element::Link {
             proto, dial, via, ..
-        } => format!("{proto} {dial} -> {via}"),
+        } => {
+            out.push_str(proto.as_str());
+            out.push(' ');
+            push_socket_addr(out, dial);
+            out.push_str(" -> ");
+            push_socket_addr(out, via);
+        }
+    }
+}
+
+fn push_socket_addr(out: &mut String, addr: &SocketAddrV4) {
+    for (i, octet) in addr.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_number(out, u32::from(octet));
+    }
+    out.push(':');
+    push_number(out, u32::from(addr.port()));
+}
+
+fn push_number(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -248,7 +292,41 @@ pub fn paths(resolved: &Resolved, installed: &std::collections::BTreeSet<Element
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Proto;
     use crate::plan::ContainerSpec;
+    use crate::ruleset::Owner;
+
+    #[test]
+    fn element_text_reads_as_format_would_write_it() {
+        for (port, target) in [
+            (0, "0.0.0.0:0"),
+            (6060, "10.211.0.2:80"),
+            (65535, "255.9.10.100:65535"),
+        ] {
+            let target: SocketAddrV4 = target.parse().unwrap();
+            let e = Element::Port {
+                proto: Proto::Udp,
+                host_port: port,
+                target,
+                owner: Owner::new("d", "web-1"),
+            };
+            assert_eq!(element_text(&e), format!("udp {port} -> web-1 {target}"));
+        }
+        let (dial, via): (SocketAddrV4, SocketAddrV4) = (
+            "127.0.0.1:27017".parse().unwrap(),
+            "10.211.0.1:4000".parse().unwrap(),
+        );
+        let link = Element::Link {
+            proto: Proto::Tcp,
+            dial,
+            via,
+            owner: Owner::new("d", "web-1"),
+        };
+        assert_eq!(
+            element_text(&link),
+            "tcp 127.0.0.1:27017 -> 10.211.0.1:4000"
+        );
+    }
 
     #[test]
     fn container_actions_read_as_plan_lines() {

@@ -323,15 +323,26 @@ impl<'a> Batch<'a> {
 
 /// Key, data and comment bytes of each element; refuses comments nft could not load.
 fn element_bytes(elements: &[Element]) -> Result<Vec<ElementBytes>, Error> {
+    // An instance's elements come one after another and share its comment: it is built once
+    // per run of them.
+    let mut last: Option<(&crate::ruleset::Owner, Vec<u8>)> = None;
     elements
         .iter()
         .map(|element| {
-            let comment = element.owner().comment();
-            let userdata = udata::comment(&comment).ok_or_else(|| Error::Comment {
-                element: describe(element),
-                comment: comment.clone(),
-                max: udata::COMMENT_MAX_LEN,
-            })?;
+            let owner = element.owner();
+            let userdata = match &last {
+                Some((o, userdata)) if *o == owner => userdata.clone(),
+                _ => {
+                    let comment = owner.comment();
+                    let userdata = udata::comment(&comment).ok_or_else(|| Error::Comment {
+                        element: describe(element),
+                        comment: comment.clone(),
+                        max: udata::COMMENT_MAX_LEN,
+                    })?;
+                    last = Some((owner, userdata.clone()));
+                    userdata
+                }
+            };
             let (key, data) = program::element_key_data(element);
             Ok(ElementBytes {
                 key,
