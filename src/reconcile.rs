@@ -4,6 +4,7 @@
 //! function so the apply path reads like its table of contents.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use crate::netfilter;
 use crate::netns::{self, Netns};
@@ -297,6 +298,9 @@ fn run_containers(rt: &Runtime, plan: &Plan, record: &mut DeploymentRecord) -> R
     Ok(())
 }
 
+/// Joins the plan's instances to the bridge, a few at a time as in [`observe_instances`]: most
+/// of each one's time is the kernel making its namespace and veth pair. Every namespace made is
+/// recorded as gearnat's, also when another instance failed.
 fn join_instances(
     host: &Netns,
     net: &Network,
@@ -304,16 +308,45 @@ fn join_instances(
     plan: &Plan,
     record: &mut DeploymentRecord,
 ) -> Result<(), Error> {
-    for (id, w) in &plan.wiring {
-        if let Wiring::Join { address, .. } = w {
-            let wired = rt.ensure_instance(host, net, id, *address)?;
-            if wired.created_netns && !record.created_netns.contains(id) {
-                record.created_netns.push(id.clone());
+    const AT_ONCE: usize = 8;
+    let joins: Vec<(&String, Ipv4Addr)> = (plan.wiring.iter())
+        .filter_map(|(id, w)| match w {
+            Wiring::Join { address, .. } => Some((id, *address)),
+            Wiring::Remove { .. } => None,
+        })
+        .collect();
+    let mut first_error = None;
+    for group in joins.chunks(AT_ONCE) {
+        let joined: Vec<Result<runtime::Wired, runtime::Error>> = std::thread::scope(|scope| {
+            let running: Vec<_> = group
+                .iter()
+                .map(|(id, address)| {
+                    scope.spawn(move || rt.ensure_instance(host, net, id, *address))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for ((id, address), joined) in group.iter().zip(joined) {
+            match joined {
+                Ok(wired) => {
+                    if wired.created_netns && !record.created_netns.contains(id) {
+                        record.created_netns.push((*id).clone());
+                    }
+                    log::info!("joined {id} to {} as {address}", net.bridge);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(Error::from(e));
+                }
             }
-            log::info!("joined {id} to {} as {address}", net.bridge);
+        }
+        if first_error.is_some() {
+            break;
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 fn remove_instances(
