@@ -21,7 +21,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::containers::{
-    eventually, exchange, http_get, import, in_pid, local, quiet, OutsideClient, Watch, BUSYBOX,
+    assert_wiring_gone, eventually, exchange, http_get, import, in_pid, iptables_rules_of, local,
+    quiet, OutsideClient, Watch, BUSYBOX,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -273,35 +274,15 @@ fn forward_policy_drops() -> bool {
         .any(|l| l == "-P FORWARD DROP")
 }
 
-fn iptables_rules_of(bridge: &str) -> Vec<String> {
-    let out = quiet("iptables", &["-S"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(bridge))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Nothing of the test's deployment is left: no container, veth, bridge, rule or host table.
 fn assert_all_gone(env: &Env) {
     let left = docker(&["ps", "-aq", "--filter", &format!("name=^{}", env.tag)]);
     assert_eq!(left, "", "containers left");
-    for inst in ["web-1", "db-1", "spare-1", "spare-2"] {
-        let veth = gearnat::link::host_ifname(&env.id(inst));
-        assert!(
-            !quiet("ip", &["link", "show", &veth]).status.success(),
-            "{veth} left"
-        );
-    }
-    assert!(
-        !quiet("ip", &["link", "show", &env.bridge]).status.success(),
-        "bridge left"
-    );
-    assert_eq!(iptables_rules_of(&env.bridge), Vec::<String>::new());
-    let table = quiet("nft", &["list", "table", "ip", "gearnat"]);
-    let text = String::from_utf8_lossy(&table.stdout);
-    assert!(!text.contains(&env.subnet), "host table left:\n{text}");
-    assert!(!text.contains(&env.tag), "elements left:\n{text}");
+    let ids: Vec<String> = ["web-1", "db-1", "spare-1", "spare-2"]
+        .into_iter()
+        .map(|inst| env.id(inst))
+        .collect();
+    assert_wiring_gone(&ids, &env.bridge, &env.subnet, &env.tag);
 }
 
 #[test]

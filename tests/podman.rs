@@ -22,8 +22,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::containers::{
-    eventually, exchange, http_get, import, in_pid, local, quiet, OutsideClient, Watch, BUSYBOX,
-    SOON,
+    assert_wiring_gone, eventually, exchange, http_get, import, in_pid, local, quiet,
+    OutsideClient, Watch, BUSYBOX, SOON,
 };
 
 /// podman's options for the service and the test's own podman commands. Without systemd (CI,
@@ -379,16 +379,6 @@ fn private_tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// gearnat's rules in iptables that name the test's bridge.
-fn iptables_rules_of(bridge: &str) -> Vec<String> {
-    let out = quiet("iptables", &["-S"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(bridge))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn podmans_docker_compatible_socket_runs_the_docker_runtime() {
     let started = Instant::now();
@@ -482,21 +472,11 @@ fn podmans_docker_compatible_socket_runs_the_docker_runtime() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("- container {web}")), "{text}");
     assert_eq!(env.containers(), "", "containers left");
-    for id in [&web, &db] {
-        let veth = gearnat::link::host_ifname(id);
-        assert!(
-            !quiet("ip", &["link", "show", &veth]).status.success(),
-            "{veth} left"
-        );
-    }
-    assert!(
-        !quiet("ip", &["link", "show", &env.bridge]).status.success(),
-        "bridge left"
+    assert_wiring_gone(
+        &[web.clone(), db.clone()],
+        &env.bridge,
+        &env.subnet,
+        &env.tag,
     );
-    assert_eq!(iptables_rules_of(&env.bridge), Vec::<String>::new());
-    let table = quiet("nft", &["list", "table", "ip", "gearnat"]);
-    let text = String::from_utf8_lossy(&table.stdout);
-    assert!(!text.contains(&env.subnet), "host table left:\n{text}");
-    assert!(!text.contains(&env.tag), "elements left:\n{text}");
     eprintln!("whole test: {:?}", started.elapsed());
 }

@@ -284,3 +284,34 @@ impl Drop for Watch {
         }
     }
 }
+
+/// gearnat's rules in iptables that name `bridge`.
+pub fn iptables_rules_of(bridge: &str) -> Vec<String> {
+    let out = quiet("iptables", &["-S"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(bridge))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Nothing of a test's wiring is left in the root namespace: no veth of `ids`, no `bridge`, no
+/// iptables rule naming it, and nothing of `subnet` or `tag` in the host table.
+pub fn assert_wiring_gone(ids: &[String], bridge: &str, subnet: &str, tag: &str) {
+    for id in ids {
+        let veth = gearnat::link::host_ifname(id);
+        assert!(
+            !quiet("ip", &["link", "show", &veth]).status.success(),
+            "{veth} left"
+        );
+    }
+    assert!(
+        !quiet("ip", &["link", "show", bridge]).status.success(),
+        "bridge left"
+    );
+    assert_eq!(iptables_rules_of(bridge), Vec::<String>::new());
+    let table = quiet("nft", &["list", "table", "ip", "gearnat"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(!text.contains(subnet), "host table left:\n{text}");
+    assert!(!text.contains(tag), "elements left:\n{text}");
+}
