@@ -240,11 +240,13 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
             (&plan, &committed),
         )
     })?;
-    timed("firewalls", || firewall_pass(&net, args.output.output))?;
-    timed("coexistence", || report_coexistence(&net));
+    // Saved before the firewall probes: their netfilter sockets would otherwise wait at close
+    // for the kernel to free what the batch removed (see `netfilter::commit`).
     timed("save state", || {
         save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
     })?;
+    timed("firewalls", || firewall_pass(&net, args.output.output))?;
+    timed("coexistence", || report_coexistence(&net));
     if args.output.output == Output::Text {
         say!("applied in {} ms; read back: in sync", applied.as_millis());
         say_part!("{}", report::mapping_lines(&resolved));

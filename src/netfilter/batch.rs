@@ -66,7 +66,24 @@ fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<(), Error
     // nfnetlink runs the whole transaction, commit included, inside this sendmsg.
     timed("send batch (kernel commit)", || batch.send(&socket))?;
     let answers = timed("read answers", || batch.collect_answers(&socket))?;
-    batch.check(&answers)
+    let checked = batch.check(&answers);
+    close_in_background(socket);
+    checked
+}
+
+/// Closes `socket` on a thread of its own. Closing a netfilter socket soon after a batch that
+/// removed something waits until nf_tables has freed it: the socket's release flushes
+/// nf_tables' destroy work, which waits out an RCU grace period (about 10 ms here; `nft` pays
+/// it as it exits). The caller goes on reading back and saving state meanwhile.
+fn close_in_background(socket: Socket) {
+    // The socket is released when its last descriptor closes: that is a copy, closed on the
+    // thread (or here, with the closure, if no thread can be started).
+    if let Ok(copy) = socket.duplicate_fd() {
+        let _ = std::thread::Builder::new()
+            .name("netfilter close".into())
+            .spawn(move || drop(copy));
+    }
+    drop(socket);
 }
 
 /// What one message of the batch does, to name it when the kernel rejects it.

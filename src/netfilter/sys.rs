@@ -679,6 +679,13 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
+    /// A second descriptor of the socket: the kernel releases the socket when the last of its
+    /// descriptors closes.
+    pub fn duplicate_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        // SAFETY: the descriptor is this socket's own, open for as long as `self` is borrowed.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.mnl.as_raw_fd()) }.try_clone_to_owned()
+    }
+
     /// Opens and binds the socket; error replies carry only the failing message's header
     /// (NETLINK_CAP_ACK) plus the offset of the attribute the kernel rejected (NETLINK_EXT_ACK).
     pub fn open() -> io::Result<Socket> {
