@@ -16,12 +16,21 @@
 //! rules with xtables-compat expressions and userdata that gearnat's nftables layer does not
 //! produce). Without an `iptables` command there is no iptables FORWARD policy to pass.
 //!
-//! firewalld (Fedora) drops forwarded traffic of interfaces in no zone that allows it: the
-//! bridge is added to the `trusted` zone for the running firewall (not permanently; gearnat
-//! re-adds it on every apply) and removed on the last `down`.
+//! firewalld (Fedora) rejects the forwarded traffic of an interface in no zone unless a DNAT
+//! rule sent it: such an interface falls to the default zone, `public`, whose forward chain
+//! ends in `reject with icmpx admin-prohibited` (firewalld 1.3). That is the connections
+//! instances open to other hosts, and to each other when bridged traffic passes netfilter; the
+//! mappings and links pass (firewalld's `filter_FORWARD` accepts `ct status dnat` first). The
+//! bridge is added to the `trusted` zone for the running firewall (not permanently:
+//! `firewall-cmd --reload` drops it, and every apply and `watch` pass re-adds it) and removed
+//! on the last `down`. gearnat asks only a firewalld it sees in its own network namespace
+//! (`coexist::firewalld_here`): firewall-cmd reaches firewalld over the system D-Bus, which is
+//! not per namespace.
 
 use std::io;
 use std::process::{Command, Output};
+
+use crate::coexist;
 
 /// The comment on every iptables rule gearnat adds.
 pub const COMMENT: &str = "gearnat";
@@ -55,7 +64,8 @@ pub fn detect() -> Found {
         .is_some_and(|o| o.status.success() && policy_drops(&String::from_utf8_lossy(&o.stdout)));
     let docker_user =
         run_quiet("iptables", &["-w", "-S", DOCKER_USER]).is_some_and(|o| o.status.success());
-    let firewalld = run_quiet("firewall-cmd", &["--state"]).is_some_and(|o| o.status.success());
+    let firewalld = firewalld_here()
+        && run_quiet("firewall-cmd", &["--state"]).is_some_and(|o| o.status.success());
     Found {
         forward_drop,
         docker_user,
@@ -65,22 +75,26 @@ pub fn detect() -> Found {
 
 /// Whether a firewall gearnat must pass may be there, told without running a program: an
 /// iptables-nft FORWARD chain with policy drop (read over netlink), a loaded iptables-legacy
-/// table, or firewalld's pid file. Running `iptables` and `firewall-cmd` costs milliseconds
-/// each, on every apply; most hosts without Docker need none of it.
+/// table, or firewalld's table or pid file. Running `iptables` costs milliseconds and
+/// `firewall-cmd` (Python) a few hundred, on every apply; most hosts without Docker or
+/// firewalld need none of it.
 fn may_need_passing() -> bool {
-    let forward_drop = crate::netfilter::forward_chains()
-        .map(|chains| {
-            chains.iter().any(|c| {
-                c.family == "ip" && c.table == "filter" && c.chain == "FORWARD" && c.policy_drop
-            })
+    let chains = crate::netfilter::forward_chains();
+    let forward_drop = chains.as_ref().map_or(true, |chains| {
+        chains.iter().any(|c| {
+            c.family == "ip" && c.table == "filter" && c.chain == "FORWARD" && c.policy_drop
         })
-        .unwrap_or(true);
+    });
     let legacy = std::fs::read_to_string("/proc/self/net/ip_tables_names")
         .is_ok_and(|names| !names.trim().is_empty());
-    let firewalld = ["/run/firewalld.pid", "/var/run/firewalld.pid"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists());
+    let firewalld = coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some();
     forward_drop || legacy || firewalld
+}
+
+/// Whether a firewalld is seen in this network namespace (see `coexist::firewalld_here`).
+fn firewalld_here() -> bool {
+    let chains = crate::netfilter::forward_chains().unwrap_or_default();
+    coexist::firewalld_here(&chains).is_some()
 }
 
 /// `-P FORWARD DROP` in `iptables -S FORWARD` output.
@@ -156,7 +170,7 @@ pub fn passes(bridge: &str) -> Passes {
         iptables_forward: rules(bridge)
             .iter()
             .all(|rule| iptables_has(DOCKER_USER, rule)),
-        firewalld: firewalld_has(bridge),
+        firewalld: firewalld_here() && firewalld_has(bridge),
     }
 }
 
