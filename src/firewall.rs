@@ -23,7 +23,9 @@
 //! mappings and links pass (firewalld's `filter_FORWARD` accepts `ct status dnat` first). The
 //! bridge is added to the `trusted` zone for the running firewall (not permanently:
 //! `firewall-cmd --reload` drops it, and every apply and `watch` pass re-adds it) and removed
-//! on the last `down`. gearnat asks only a firewalld it sees in its own network namespace
+//! on the last `down`. A bridge bound to another zone is left there, by apply and by `down`:
+//! firewalld refuses a second zone (ZONE_CONFLICT), and that zone was someone's choice.
+//! gearnat asks only a firewalld it sees in its own network namespace
 //! (`coexist::firewalld_here`): firewall-cmd reaches firewalld over the system D-Bus, which is
 //! not per namespace.
 
@@ -147,11 +149,17 @@ pub fn ensure(bridge: &str) -> Result<Vec<String>, Error> {
             ));
         }
     }
-    if found.firewalld && !firewalld_has(bridge) {
-        firewall_cmd(&["--zone=trusted", &format!("--add-interface={bridge}")])?;
-        done.push(format!(
-            "firewall: firewalld is running; added {bridge} to zone trusted (runtime only)"
-        ));
+    if found.firewalld {
+        match firewalld_zone(bridge).as_deref() {
+            None => {
+                firewall_cmd(&["--zone=trusted", &format!("--add-interface={bridge}")])?;
+                done.push(format!(
+                    "firewall: firewalld is running; added {bridge} to zone trusted (runtime only)"
+                ));
+            }
+            Some("trusted") => {}
+            Some(zone) => log::info!("{bridge} is in firewalld zone {zone}; left there"),
+        }
     }
     Ok(done)
 }
@@ -161,7 +169,7 @@ pub fn ensure(bridge: &str) -> Result<Vec<String>, Error> {
 pub struct Passes {
     /// Both of gearnat's rules are in DOCKER-USER.
     pub iptables_forward: bool,
-    /// The bridge is in firewalld's trusted zone.
+    /// The bridge is in one of firewalld's zones (gearnat's trusted, or one the user chose).
     pub firewalld: bool,
 }
 
@@ -170,7 +178,7 @@ pub fn passes(bridge: &str) -> Passes {
         iptables_forward: rules(bridge)
             .iter()
             .all(|rule| iptables_has(DOCKER_USER, rule)),
-        firewalld: firewalld_here() && firewalld_has(bridge),
+        firewalld: firewalld_here() && firewalld_zone(bridge).is_some(),
     }
 }
 
@@ -194,7 +202,7 @@ pub fn remove(bridge: &str) -> Result<Vec<String>, Error> {
             }
         }
     }
-    if detect().firewalld && firewalld_has(bridge) {
+    if detect().firewalld && firewalld_zone(bridge).as_deref() == Some("trusted") {
         firewall_cmd(&["--zone=trusted", &format!("--remove-interface={bridge}")])?;
         done.push(format!(
             "firewall: removed {bridge} from firewalld zone trusted"
@@ -215,12 +223,15 @@ fn iptables_has(chain: &str, rule: &[String]) -> bool {
     .is_some_and(|o| o.status.success())
 }
 
-fn firewalld_has(bridge: &str) -> bool {
-    run_quiet(
+/// The firewalld zone `bridge` is bound to; None when it is in none (firewall-cmd prints `no
+/// zone` and exits 2) or firewall-cmd does not answer.
+fn firewalld_zone(bridge: &str) -> Option<String> {
+    let out = run_quiet(
         "firewall-cmd",
-        &["--zone=trusted", &format!("--query-interface={bridge}")],
-    )
-    .is_some_and(|o| o.status.success())
+        &[&format!("--get-zone-of-interface={bridge}")],
+    )?;
+    let zone = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !zone.is_empty()).then_some(zone)
 }
 
 fn iptables(args: &[&str]) -> Result<(), Error> {
