@@ -20,7 +20,8 @@ const DNAT_ACCEPT: &str = "ct status dnat accept";
 /// Every finding in the calling thread's network namespace, one sentence each.
 pub fn findings(pool: Ipv4Net, bridge: &str) -> Vec<String> {
     let mut out = Vec::new();
-    match netfilter::forward_chains() {
+    let chains = netfilter::forward_chains();
+    match &chains {
         Ok(chains) => out.extend(chains.iter().filter(|c| c.may_drop()).map(forward_drop)),
         Err(e) => out.push(format!(
             "could not read the other nftables tables ({e}); a drop on the forward hook there \
@@ -31,13 +32,35 @@ pub fn findings(pool: Ipv4Net, bridge: &str) -> Vec<String> {
         Path::new("/proc/self/net/ip_tables_names"),
         pool,
     ));
-    out.extend(firewalld(&FIREWALLD_PID_FILES, Path::new("/proc"), bridge));
+    let chains = chains.as_deref().unwrap_or_default();
+    out.extend(firewalld_here(chains).map(|seen| firewalld(&seen, bridge)));
     out
 }
 
 /// Where firewalld writes its pid while it runs (its FIREWALLD_PIDFILE, /var/run/firewalld.pid,
 /// which is /run/firewalld.pid where /var/run links to /run).
 const FIREWALLD_PID_FILES: [&str; 2] = ["/run/firewalld.pid", "/var/run/firewalld.pid"];
+
+/// The table that holds all of firewalld's rules with its nftables backend
+/// (`FirewallBackend=nftables`, the default of firewalld.conf since firewalld 0.6); its
+/// `filter_FORWARD` chain is on the forward hook.
+const FIREWALLD_TABLE: &str = "firewalld";
+
+/// How firewalld is seen to manage this network namespace's firewall, told by reading only:
+/// `table inet firewalld` among `chains` (this namespace's forward-hook chains), or a pid file
+/// naming a firewalld process in this namespace. The table is what tells on most hosts:
+/// firewalld's own systemd unit starts it with `--nofork --nopid` (firewalld.service, Fedora
+/// and Debian alike), so there is no pid file. With the iptables backend and no pid file,
+/// firewalld is not seen.
+pub fn firewalld_here(chains: &[ForwardChain]) -> Option<String> {
+    if chains
+        .iter()
+        .any(|c| c.family == "inet" && c.table == FIREWALLD_TABLE)
+    {
+        return Some(format!("table inet {FIREWALLD_TABLE}"));
+    }
+    firewalld_pid(&FIREWALLD_PID_FILES, Path::new("/proc")).map(|pid| format!("pid {pid}"))
+}
 
 fn forward_drop(c: &ForwardChain) -> String {
     let what = if c.drop_rules.is_empty() {
@@ -88,31 +111,38 @@ fn iptables_legacy(names: &Path, pool: Ipv4Net) -> Option<String> {
     ))
 }
 
-/// firewalld keeps a pid file while it runs (a stale one names a dead or other process, told by
-/// its `comm`). Its zones decide forwarded traffic in the initial network namespace only, so
-/// elsewhere (a test's private namespace) it is no finding.
-fn firewalld(pid_files: &[&str], proc: &Path, bridge: &str) -> Option<String> {
+/// firewalld's pid, from a pid file it keeps while it runs (a stale one names a dead or other
+/// process, told by its `comm`) when that process is in this thread's network namespace: its
+/// zones decide the traffic of the namespace it runs in, and only there.
+fn firewalld_pid(pid_files: &[&str], proc: &Path) -> Option<String> {
     let pid = pid_files.iter().find_map(|p| fs::read_to_string(p).ok())?;
-    let pid = pid.trim();
-    let comm = fs::read_to_string(proc.join(pid).join("comm")).ok()?;
-    if !comm.starts_with("firewall") || !in_initial_netns(proc) {
-        return None;
-    }
-    Some(format!(
-        "firewalld is running (pid {pid}): unless a zone accepts forwarded traffic to \
-         {bridge}, it rejects connections to gearnat's instances; e.g. `firewall-cmd --zone=trusted \
-         --add-interface={bridge}` and `firewall-cmd --zone=public --add-forward` (with \
-         --permanent to keep them)"
-    ))
+    let pid = pid.trim().to_string();
+    let comm = fs::read_to_string(proc.join(&pid).join("comm")).ok()?;
+    (comm.starts_with("firewall") && same_netns(proc, &pid)).then_some(pid)
 }
 
-/// Whether this process shares PID 1's network namespace (true when that cannot be read).
-fn in_initial_netns(proc: &Path) -> bool {
+/// What firewalld does to gearnat's traffic, as seen with firewalld 1.3 (tests/firewalld.rs):
+/// its `filter_FORWARD` chain accepts what a DNAT rule sent (`ct status dnat accept`), so the
+/// mappings and links pass; forwarded traffic of an interface in no zone falls to the default
+/// zone (`public`), which rejects it (`reject with icmpx admin-prohibited`): the connections
+/// instances open to other hosts, and to each other when bridged traffic passes netfilter.
+fn firewalld(seen: &str, bridge: &str) -> String {
+    format!(
+        "firewalld is running ({seen}): {bridge} is in none of its zones, so it rejects the \
+         connections gearnat's instances open to other hosts (mappings and links pass); let them \
+         through with `firewall-cmd --zone=trusted --add-interface={bridge}` (with --permanent \
+         to keep it)"
+    )
+}
+
+/// Whether process `pid` shares this thread's network namespace (true when that cannot be
+/// read).
+fn same_netns(proc: &Path, pid: &str) -> bool {
     match (
-        fs::read_link(proc.join("self/ns/net")),
-        fs::read_link(proc.join("1/ns/net")),
+        fs::read_link(proc.join("thread-self/ns/net")),
+        fs::read_link(proc.join(pid).join("ns/net")),
     ) {
-        (Ok(mine), Ok(init)) => mine == init,
+        (Ok(mine), Ok(its)) => mine == its,
         _ => true,
     }
 }
@@ -154,24 +184,49 @@ mod tests {
     }
 
     #[test]
-    fn firewalld_only_when_its_pid_file_names_it() {
+    fn firewalld_only_when_its_pid_file_names_it_in_this_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("firewalld.pid");
         let proc = dir.path().join("proc");
-        fs::create_dir_all(proc.join("42")).unwrap();
+        fs::create_dir_all(proc.join("42/ns")).unwrap();
+        fs::create_dir_all(proc.join("thread-self/ns")).unwrap();
         let files = [pid_file.to_str().unwrap()];
-        assert_eq!(firewalld(&files, &proc, "gearnat0"), None);
+        assert_eq!(firewalld_pid(&files, &proc), None);
         fs::write(&pid_file, "42\n").unwrap();
         fs::write(proc.join("42/comm"), "sshd\n").unwrap();
-        assert_eq!(
-            firewalld(&files, &proc, "gearnat0"),
-            None,
-            "a stale pid file"
-        );
+        assert_eq!(firewalld_pid(&files, &proc), None, "a stale pid file");
         fs::write(proc.join("42/comm"), "firewalld\n").unwrap();
-        let text = firewalld(&files, &proc, "gearnat0").unwrap();
-        assert!(text.starts_with("firewalld is running (pid 42)"), "{text}");
-        assert!(text.contains("--add-interface=gearnat0"), "{text}");
+        assert_eq!(firewalld_pid(&files, &proc).as_deref(), Some("42"));
+        std::os::unix::fs::symlink("net:[1]", proc.join("thread-self/ns/net")).unwrap();
+        std::os::unix::fs::symlink("net:[2]", proc.join("42/ns/net")).unwrap();
+        assert_eq!(
+            firewalld_pid(&files, &proc),
+            None,
+            "a firewalld in another network namespace"
+        );
+    }
+
+    #[test]
+    fn firewalld_is_seen_by_its_table() {
+        let table = |family, table: &str| ForwardChain {
+            family,
+            table: table.into(),
+            chain: "filter_FORWARD".into(),
+            ..chain(false, vec![])
+        };
+        assert_eq!(
+            firewalld_here(&[table("inet", "firewalld")]).as_deref(),
+            Some("table inet firewalld")
+        );
+        let text = firewalld("table inet firewalld", "gearnat0");
+        assert!(
+            text.starts_with("firewalld is running (table inet firewalld): gearnat0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--zone=trusted --add-interface=gearnat0"),
+            "{text}"
+        );
     }
 
     #[test]

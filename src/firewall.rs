@@ -16,12 +16,23 @@
 //! rules with xtables-compat expressions and userdata that gearnat's nftables layer does not
 //! produce). Without an `iptables` command there is no iptables FORWARD policy to pass.
 //!
-//! firewalld (Fedora) drops forwarded traffic of interfaces in no zone that allows it: the
-//! bridge is added to the `trusted` zone for the running firewall (not permanently; gearnat
-//! re-adds it on every apply) and removed on the last `down`.
+//! firewalld (Fedora) rejects the forwarded traffic of an interface in no zone unless a DNAT
+//! rule sent it: such an interface falls to the default zone, `public`, whose forward chain
+//! ends in `reject with icmpx admin-prohibited` (firewalld 1.3). That is the connections
+//! instances open to other hosts, and to each other when bridged traffic passes netfilter; the
+//! mappings and links pass (firewalld's `filter_FORWARD` accepts `ct status dnat` first). The
+//! bridge is added to the `trusted` zone for the running firewall (not permanently:
+//! `firewall-cmd --reload` drops it, and every apply and `watch` pass re-adds it) and removed
+//! on the last `down`. A bridge bound to another zone is left there, by apply and by `down`:
+//! firewalld refuses a second zone (ZONE_CONFLICT), and that zone was someone's choice.
+//! gearnat asks only a firewalld it sees in its own network namespace
+//! (`coexist::firewalld_here`): firewall-cmd reaches firewalld over the system D-Bus, which is
+//! not per namespace.
 
 use std::io;
 use std::process::{Command, Output};
+
+use crate::coexist;
 
 /// The comment on every iptables rule gearnat adds.
 pub const COMMENT: &str = "gearnat";
@@ -55,7 +66,8 @@ pub fn detect() -> Found {
         .is_some_and(|o| o.status.success() && policy_drops(&String::from_utf8_lossy(&o.stdout)));
     let docker_user =
         run_quiet("iptables", &["-w", "-S", DOCKER_USER]).is_some_and(|o| o.status.success());
-    let firewalld = run_quiet("firewall-cmd", &["--state"]).is_some_and(|o| o.status.success());
+    let firewalld = firewalld_here()
+        && run_quiet("firewall-cmd", &["--state"]).is_some_and(|o| o.status.success());
     Found {
         forward_drop,
         docker_user,
@@ -65,22 +77,26 @@ pub fn detect() -> Found {
 
 /// Whether a firewall gearnat must pass may be there, told without running a program: an
 /// iptables-nft FORWARD chain with policy drop (read over netlink), a loaded iptables-legacy
-/// table, or firewalld's pid file. Running `iptables` and `firewall-cmd` costs milliseconds
-/// each, on every apply; most hosts without Docker need none of it.
+/// table, or firewalld's table or pid file. Running `iptables` costs milliseconds and
+/// `firewall-cmd` (Python) a few hundred, on every apply; most hosts without Docker or
+/// firewalld need none of it.
 fn may_need_passing() -> bool {
-    let forward_drop = crate::netfilter::forward_chains()
-        .map(|chains| {
-            chains.iter().any(|c| {
-                c.family == "ip" && c.table == "filter" && c.chain == "FORWARD" && c.policy_drop
-            })
+    let chains = crate::netfilter::forward_chains();
+    let forward_drop = chains.as_ref().map_or(true, |chains| {
+        chains.iter().any(|c| {
+            c.family == "ip" && c.table == "filter" && c.chain == "FORWARD" && c.policy_drop
         })
-        .unwrap_or(true);
+    });
     let legacy = std::fs::read_to_string("/proc/self/net/ip_tables_names")
         .is_ok_and(|names| !names.trim().is_empty());
-    let firewalld = ["/run/firewalld.pid", "/var/run/firewalld.pid"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists());
+    let firewalld = coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some();
     forward_drop || legacy || firewalld
+}
+
+/// Whether a firewalld is seen in this network namespace (see `coexist::firewalld_here`).
+fn firewalld_here() -> bool {
+    let chains = crate::netfilter::forward_chains().unwrap_or_default();
+    coexist::firewalld_here(&chains).is_some()
 }
 
 /// `-P FORWARD DROP` in `iptables -S FORWARD` output.
@@ -133,11 +149,17 @@ pub fn ensure(bridge: &str) -> Result<Vec<String>, Error> {
             ));
         }
     }
-    if found.firewalld && !firewalld_has(bridge) {
-        firewall_cmd(&["--zone=trusted", &format!("--add-interface={bridge}")])?;
-        done.push(format!(
-            "firewall: firewalld is running; added {bridge} to zone trusted (runtime only)"
-        ));
+    if found.firewalld {
+        match firewalld_zone(bridge).as_deref() {
+            None => {
+                firewall_cmd(&["--zone=trusted", &format!("--add-interface={bridge}")])?;
+                done.push(format!(
+                    "firewall: firewalld is running; added {bridge} to zone trusted (runtime only)"
+                ));
+            }
+            Some("trusted") => {}
+            Some(zone) => log::info!("{bridge} is in firewalld zone {zone}; left there"),
+        }
     }
     Ok(done)
 }
@@ -147,7 +169,7 @@ pub fn ensure(bridge: &str) -> Result<Vec<String>, Error> {
 pub struct Passes {
     /// Both of gearnat's rules are in DOCKER-USER.
     pub iptables_forward: bool,
-    /// The bridge is in firewalld's trusted zone.
+    /// The bridge is in one of firewalld's zones (gearnat's trusted, or one the user chose).
     pub firewalld: bool,
 }
 
@@ -156,7 +178,7 @@ pub fn passes(bridge: &str) -> Passes {
         iptables_forward: rules(bridge)
             .iter()
             .all(|rule| iptables_has(DOCKER_USER, rule)),
-        firewalld: firewalld_has(bridge),
+        firewalld: firewalld_here() && firewalld_zone(bridge).is_some(),
     }
 }
 
@@ -180,7 +202,7 @@ pub fn remove(bridge: &str) -> Result<Vec<String>, Error> {
             }
         }
     }
-    if detect().firewalld && firewalld_has(bridge) {
+    if detect().firewalld && firewalld_zone(bridge).as_deref() == Some("trusted") {
         firewall_cmd(&["--zone=trusted", &format!("--remove-interface={bridge}")])?;
         done.push(format!(
             "firewall: removed {bridge} from firewalld zone trusted"
@@ -201,12 +223,15 @@ fn iptables_has(chain: &str, rule: &[String]) -> bool {
     .is_some_and(|o| o.status.success())
 }
 
-fn firewalld_has(bridge: &str) -> bool {
-    run_quiet(
+/// The firewalld zone `bridge` is bound to; None when it is in none (firewall-cmd prints `no
+/// zone` and exits 2) or firewall-cmd does not answer.
+fn firewalld_zone(bridge: &str) -> Option<String> {
+    let out = run_quiet(
         "firewall-cmd",
-        &["--zone=trusted", &format!("--query-interface={bridge}")],
-    )
-    .is_some_and(|o| o.status.success())
+        &[&format!("--get-zone-of-interface={bridge}")],
+    )?;
+    let zone = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !zone.is_empty()).then_some(zone)
 }
 
 fn iptables(args: &[&str]) -> Result<(), Error> {
