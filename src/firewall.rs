@@ -83,14 +83,23 @@ pub fn detect() -> Found {
 fn may_need_passing() -> bool {
     let chains = crate::netfilter::forward_chains();
     let forward_drop = chains.as_ref().map_or(true, |chains| {
-        chains.iter().any(|c| {
-            c.family == "ip" && c.table == "filter" && c.chain == "FORWARD" && c.policy_drop
-        })
+        chains
+            .iter()
+            .any(|c| is_iptables_forward(c) && c.policy_drop)
     });
-    let legacy = std::fs::read_to_string("/proc/self/net/ip_tables_names")
-        .is_ok_and(|names| !names.trim().is_empty());
     let firewalld = coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some();
-    forward_drop || legacy || firewalld
+    forward_drop || iptables_legacy_loaded() || firewalld
+}
+
+/// iptables-nft's FORWARD chain (`table ip filter`), where gearnat's iptables rules go.
+fn is_iptables_forward(c: &crate::netfilter::ForwardChain) -> bool {
+    c.family == "ip" && c.table == "filter" && c.chain == "FORWARD"
+}
+
+/// Whether iptables-legacy has a table loaded (its rules are not visible over nf_tables).
+fn iptables_legacy_loaded() -> bool {
+    std::fs::read_to_string("/proc/self/net/ip_tables_names")
+        .is_ok_and(|names| !names.trim().is_empty())
 }
 
 /// Whether a firewalld is seen in this network namespace (see `coexist::firewalld_here`).
@@ -185,8 +194,21 @@ pub fn passes(bridge: &str) -> Passes {
 /// Undoes [`ensure`]: removes gearnat's rules for `bridge` wherever they are, and the bridge
 /// from firewalld's trusted zone. Returns one line per thing done.
 pub fn remove(bridge: &str) -> Result<Vec<String>, Error> {
+    let chains = crate::netfilter::forward_chains();
+    // gearnat's iptables rules can only be where an iptables FORWARD chain is, in iptables-nft's
+    // table or iptables-legacy's; without either, no iptables is run.
+    let iptables_forward = chains
+        .as_ref()
+        .map_or(true, |chains| chains.iter().any(is_iptables_forward))
+        || iptables_legacy_loaded();
+    let firewalld = coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some();
     let mut done = Vec::new();
-    for chain in [DOCKER_USER, "FORWARD"] {
+    let chains_to_clean: &[&str] = if iptables_forward {
+        &[DOCKER_USER, "FORWARD"]
+    } else {
+        &[]
+    };
+    for &chain in chains_to_clean {
         for rule in rules(bridge) {
             let mut removed = false;
             // A rule added twice (two gearnats racing before the lock existed) goes entirely.
@@ -202,7 +224,7 @@ pub fn remove(bridge: &str) -> Result<Vec<String>, Error> {
             }
         }
     }
-    if detect().firewalld && firewalld_zone(bridge).as_deref() == Some("trusted") {
+    if firewalld && firewalld_zone(bridge).as_deref() == Some("trusted") {
         firewall_cmd(&["--zone=trusted", &format!("--remove-interface={bridge}")])?;
         done.push(format!(
             "firewall: removed {bridge} from firewalld zone trusted"
