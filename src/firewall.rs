@@ -224,7 +224,12 @@ pub fn remove(bridge: &str) -> Result<Vec<String>, Error> {
             }
         }
     }
-    if firewalld && firewalld_zone(bridge).as_deref() == Some("trusted") {
+    // A binding to trusted that is also in firewalld's permanent configuration is the user's
+    // (gearnat binds for the runtime only): it stays.
+    if firewalld
+        && firewalld_zone(bridge).as_deref() == Some("trusted")
+        && firewalld_permanent_zone(bridge).as_deref() != Some("trusted")
+    {
         firewall_cmd(&["--zone=trusted", &format!("--remove-interface={bridge}")])?;
         done.push(format!(
             "firewall: removed {bridge} from firewalld zone trusted"
@@ -251,6 +256,16 @@ fn firewalld_zone(bridge: &str) -> Option<String> {
     let out = run_quiet(
         "firewall-cmd",
         &[&format!("--get-zone-of-interface={bridge}")],
+    )?;
+    let zone = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !zone.is_empty()).then_some(zone)
+}
+
+/// The zone `bridge` is bound to in firewalld's permanent configuration, if any.
+fn firewalld_permanent_zone(bridge: &str) -> Option<String> {
+    let out = run_quiet(
+        "firewall-cmd",
+        &["--permanent", &format!("--get-zone-of-interface={bridge}")],
     )?;
     let zone = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !zone.is_empty()).then_some(zone)

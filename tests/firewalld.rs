@@ -413,5 +413,17 @@ fn the_bridge_joins_firewalds_trusted_zone_and_leaves_it() {
     fw.ok(&["--zone=internal", &format!("--remove-interface={bridge}")]);
     assert_eq!(fw.settings(), before);
     same_rules_in_force(&rules_before, &firewalld_chains(host.host_ns()));
+
+    // A binding to trusted the user made permanent is the user's: down leaves it.
+    let permanent = ["--permanent", "--zone=trusted"];
+    fw.ok(&[&permanent[..], &[&format!("--add-interface={bridge}")]].concat());
+    fw.ok(&["--zone=trusted", &format!("--add-interface={bridge}")]);
+    gearnat(&host, &fw, &apply);
+    let out = gearnat(&host, &fw, &down);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("firewall:"));
+    assert_eq!(fw.zone_of(&bridge), "trusted");
+    fw.ok(&[&permanent[..], &[&format!("--remove-interface={bridge}")]].concat());
+    fw.ok(&["--zone=trusted", &format!("--remove-interface={bridge}")]);
+    assert_eq!(fw.settings(), before);
     eprintln!("test took {:?}", started.elapsed());
 }
