@@ -168,13 +168,7 @@ impl Env {
             .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
             .output()
             .unwrap();
-        eprintln!(
-            "$ gearnat {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        common::echoed(args, out)
     }
 
     fn apply(&self, file: &Path) -> String {

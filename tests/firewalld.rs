@@ -253,13 +253,7 @@ fn gearnat(host: &TestHost, fw: &Firewalld, args: &[&str]) -> Output {
         .arg("--state-dir")
         .arg(host.state_dir())
         .args(args);
-    let out = output_in(host.host_ns(), cmd);
-    eprintln!(
-        "$ gearnat {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::echoed(args, output_in(host.host_ns(), cmd));
     assert_eq!(out.status.code(), Some(0), "gearnat {}", args.join(" "));
     out
 }

@@ -293,14 +293,7 @@ impl Env {
     }
 
     fn gearnat(&self, args: &[&str]) -> Output {
-        let out = self.gearnat_command(args).output().unwrap();
-        eprintln!(
-            "$ gearnat {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        common::echoed(args, self.gearnat_command(args).output().unwrap())
     }
 
     fn apply(&self, file: &Path) -> String {

@@ -383,14 +383,7 @@ impl TestHost {
     /// Runs gearnat in the host namespace and echoes the command and what it printed (shown
     /// when the test fails).
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.gearnat(args);
-        eprintln!(
-            "$ gearnat {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        echoed(args, self.gearnat(args))
     }
 
     /// `gearnat apply FILE`, which must succeed; what it printed.
@@ -399,6 +392,17 @@ impl TestHost {
         assert_eq!(out.status.code(), Some(0), "apply failed");
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// Prints `$ gearnat ARGS` and what that run printed (shown when the test fails); returns it.
+pub fn echoed(args: &[&str], out: Output) -> Output {
+    eprintln!(
+        "$ gearnat {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Writes a deployment file into the test's own folder.
