@@ -47,6 +47,7 @@ pub mod link;
 pub mod model;
 pub mod netfilter;
 pub mod netns;
+mod parallel;
 pub mod plan;
 pub mod reconcile;
 pub mod report;

@@ -16,7 +16,7 @@ use crate::ruleset::{ActualTable, Element};
 use crate::runtime::{self, Network, Runtime};
 use crate::state::DeploymentRecord;
 use crate::timing::timed;
-use crate::{link, report, Error};
+use crate::{link, parallel, report, Error};
 
 /// What an instance namespace holds, read from inside it.
 struct Inside {
@@ -95,34 +95,18 @@ pub fn observe(
     Ok(observed)
 }
 
-/// Instances observed at once, a few at a time: each one's reads are a handful of netlink
-/// round trips on threads of their own, mostly waiting on the kernel, so overlapping them
-/// shortens an apply over many instances; eight at a time bounds the threads a deployment of
-/// hundreds of instances starts.
+/// Instances observed at once, a few at a time (see [`parallel`]).
 fn observe_instances(
     host: &Netns,
     net: &Network,
     rt: &Runtime,
     ids: &[(String, Option<&plan::InstanceDesired>)],
 ) -> Result<BTreeMap<String, ObservedInstance>, Error> {
-    const AT_ONCE: usize = 8;
-    let mut out = BTreeMap::new();
-    for group in ids.chunks(AT_ONCE) {
-        let seen: Vec<Result<ObservedInstance, Error>> = std::thread::scope(|scope| {
-            let running: Vec<_> = group
-                .iter()
-                .map(|(id, want)| scope.spawn(move || observe_instance(host, net, rt, id, *want)))
-                .collect();
-            running
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        for ((id, _), seen) in group.iter().zip(seen) {
-            out.insert(id.clone(), seen?);
-        }
-    }
-    Ok(out)
+    let seen = parallel::map(ids, |(id, want)| observe_instance(host, net, rt, id, *want));
+    ids.iter()
+        .zip(seen)
+        .map(|((id, _), seen)| Ok((id.clone(), seen?)))
+        .collect()
 }
 
 /// The bridge, gearnat's table and the sysctls in the host namespace.
@@ -298,9 +282,8 @@ fn run_containers(rt: &Runtime, plan: &Plan, record: &mut DeploymentRecord) -> R
     Ok(())
 }
 
-/// Joins the plan's instances to the bridge, a few at a time as in [`observe_instances`]: most
-/// of each one's time is the kernel making its namespace and veth pair. Every namespace made is
-/// recorded as gearnat's, also when another instance failed.
+/// Joins the plan's instances to the bridge, a few at a time (see [`parallel`]). Every
+/// namespace made is recorded as gearnat's, also when another instance failed.
 fn join_instances(
     host: &Netns,
     net: &Network,
@@ -308,42 +291,27 @@ fn join_instances(
     plan: &Plan,
     record: &mut DeploymentRecord,
 ) -> Result<(), Error> {
-    const AT_ONCE: usize = 8;
     let joins: Vec<(&String, Ipv4Addr)> = (plan.wiring.iter())
         .filter_map(|(id, w)| match w {
             Wiring::Join { address, .. } => Some((id, *address)),
             Wiring::Remove { .. } => None,
         })
         .collect();
+    let joined = parallel::map(&joins, |(id, address)| {
+        rt.ensure_instance(host, net, id, *address)
+    });
     let mut first_error = None;
-    for group in joins.chunks(AT_ONCE) {
-        let joined: Vec<Result<runtime::Wired, runtime::Error>> = std::thread::scope(|scope| {
-            let running: Vec<_> = group
-                .iter()
-                .map(|(id, address)| {
-                    scope.spawn(move || rt.ensure_instance(host, net, id, *address))
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        for ((id, address), joined) in group.iter().zip(joined) {
-            match joined {
-                Ok(wired) => {
-                    if wired.created_netns && !record.created_netns.contains(id) {
-                        record.created_netns.push((*id).clone());
-                    }
-                    log::info!("joined {id} to {} as {address}", net.bridge);
+    for ((id, address), joined) in joins.iter().zip(joined) {
+        match joined {
+            Ok(wired) => {
+                if wired.created_netns && !record.created_netns.contains(id) {
+                    record.created_netns.push((*id).clone());
                 }
-                Err(e) => {
-                    first_error.get_or_insert(Error::from(e));
-                }
+                log::info!("joined {id} to {} as {address}", net.bridge);
             }
-        }
-        if first_error.is_some() {
-            break;
+            Err(e) => {
+                first_error.get_or_insert(Error::from(e));
+            }
         }
     }
     first_error.map_or(Ok(()), Err)
