@@ -107,13 +107,74 @@ impl<'de> Deserialize<'de> for HostPort {
 }
 
 /// Every reservation of every deployment (`reservations.json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "ReservationsFile")]
 pub struct Reservations {
-    #[serde(default)]
     pub ports: BTreeMap<HostPort, PortHolder>,
     /// Key: instance id (unique on the host: it names the instance's network namespace).
-    #[serde(default)]
     pub addresses: BTreeMap<String, AddressHolder>,
+}
+
+/// One instance's host ports of one protocol, as `[host port, container port]` pairs.
+type HeldPorts = BTreeMap<Proto, Vec<(u16, u16)>>;
+
+/// `reservations.json` on disk. Host ports are grouped by deployment and instance, so 10,000
+/// of them are 10,000 pairs of numbers rather than 10,000 objects that repeat the names:
+/// `{"held_ports": {"web": {"web-1": {"tcp": [[6060, 80]]}}}, "addresses": {...}}`.
+/// `ports` is how files written before that grouping hold them (`{"tcp/6060": {"deployment":
+/// "web", "instance": "web-1", "internal": 80}}`); they are read as they are and written
+/// grouped.
+#[derive(Deserialize)]
+struct ReservationsFile {
+    #[serde(default)]
+    held_ports: BTreeMap<String, BTreeMap<String, HeldPorts>>,
+    #[serde(default)]
+    ports: BTreeMap<HostPort, PortHolder>,
+    #[serde(default)]
+    addresses: BTreeMap<String, AddressHolder>,
+}
+
+impl From<ReservationsFile> for Reservations {
+    fn from(file: ReservationsFile) -> Reservations {
+        let mut ports = file.ports;
+        for (deployment, instances) in file.held_ports {
+            for (instance, held) in instances {
+                for (proto, pairs) in held {
+                    for (port, internal) in pairs {
+                        let holder = PortHolder {
+                            deployment: deployment.clone(),
+                            instance: instance.clone(),
+                            internal,
+                        };
+                        ports.insert(HostPort { proto, port }, holder);
+                    }
+                }
+            }
+        }
+        Reservations {
+            ports,
+            addresses: file.addresses,
+        }
+    }
+}
+
+impl Serialize for Reservations {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut held: BTreeMap<&str, BTreeMap<&str, HeldPorts>> = BTreeMap::new();
+        for (at, h) in &self.ports {
+            (held.entry(&h.deployment).or_default())
+                .entry(&h.instance)
+                .or_default()
+                .entry(at.proto)
+                .or_default()
+                .push((at.port, h.internal));
+        }
+        let mut file = serializer.serialize_struct("Reservations", 2)?;
+        file.serialize_field("held_ports", &held)?;
+        file.serialize_field("addresses", &self.addresses)?;
+        file.end()
+    }
 }
 
 impl Reservations {
@@ -247,7 +308,7 @@ impl StateDir {
     }
 
     pub fn save_reservations(&self, r: &Reservations) -> Result<(), StateError> {
-        write_json(&self.reservations_path(), r)
+        write_json(&self.reservations_path(), r, Layout::Compact)
     }
 
     pub fn record(&self, name: &str) -> Result<Option<DeploymentRecord>, StateError> {
@@ -255,11 +316,11 @@ impl StateDir {
     }
 
     pub fn save_record(&self, record: &DeploymentRecord) -> Result<(), StateError> {
-        write_json(&self.record_path(&record.name), record)
+        write_json(&self.record_path(&record.name), record, Layout::Pretty)
     }
 
     pub fn save_resolved(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
-        write_json(&self.resolved_path(name), value)
+        write_json(&self.resolved_path(name), value, Layout::Pretty)
     }
 
     /// Forgets a deployment: its record and its resolved file.
@@ -313,15 +374,27 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
         })
 }
 
+/// How a state file is laid out: indented where a person may read it, on one line where it
+/// is only gearnat's and large (the reservations of 10,000 ports).
+#[derive(Clone, Copy)]
+enum Layout {
+    Pretty,
+    Compact,
+}
+
 /// Writes `value` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
 /// the directory (rename(2) is atomic within a file system; the directory fsync makes the
 /// rename itself durable). A file that already holds exactly these bytes is left alone.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+fn write_json<T: Serialize>(path: &Path, value: &T, layout: Layout) -> Result<(), StateError> {
     let err = |source: io::Error| StateError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let mut text = serde_json::to_vec_pretty(value).map_err(|e| err(io::Error::other(e)))?;
+    let text = match layout {
+        Layout::Pretty => serde_json::to_vec_pretty(value),
+        Layout::Compact => serde_json::to_vec(value),
+    };
+    let mut text = text.map_err(|e| err(io::Error::other(e)))?;
     text.push(b'\n');
     // Unchanged content (an unchanged re-apply) is not written again: reading it back costs
     // far less than the two fsyncs.
@@ -374,6 +447,38 @@ mod tests {
         released.release("one");
         assert!(released.port_holder(Proto::Tcp, 4000).is_none());
         assert!(released.port_holder(Proto::Udp, 4000).is_some());
+    }
+
+    #[test]
+    fn reservations_written_before_grouping_are_read_and_written_grouped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::lock(dir.path(), |_| panic!("nobody else holds the lock")).unwrap();
+        let path = dir.path().join("reservations.json");
+        let old = r#"{
+  "ports": {
+    "tcp/6060": { "deployment": "web", "instance": "web-1", "internal": 80 },
+    "udp/5353": { "deployment": "web", "instance": "web-2", "internal": 53 }
+  },
+  "addresses": { "web-1": { "deployment": "web", "address": "172.31.0.2" } }
+}"#;
+        fs::write(&path, old).unwrap();
+        let r = state.reservations().unwrap();
+        let web1 = r.port_holder(Proto::Tcp, 6060).unwrap();
+        assert_eq!((web1.instance.as_str(), web1.internal), ("web-1", 80));
+        let web2 = r.port_holder(Proto::Udp, 5353).unwrap();
+        assert_eq!((web2.instance.as_str(), web2.internal), ("web-2", 53));
+        assert_eq!(r.addresses["web-1"].address, Ipv4Addr::new(172, 31, 0, 2));
+
+        state.save_reservations(&r).unwrap();
+        let written: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            written["held_ports"],
+            serde_json::json!({
+                "web": {"web-1": {"tcp": [[6060, 80]]}, "web-2": {"udp": [[5353, 53]]}}
+            })
+        );
+        assert!(written.get("ports").is_none(), "{written}");
+        assert_eq!(state.reservations().unwrap(), r);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Output;
 
-use common::{require_root, spawn_gearnat, state_parses, table_in, TestHost};
+use common::{require_root, reserved_ports, spawn_gearnat, state_parses, table_in, TestHost};
 use gearnat::ruleset::Element;
 
 /// Deployment `i`: two instances of `s<i>` with three public ports the host picks, one instance
@@ -101,14 +101,8 @@ fn eight_different_deployments_applied_at_once() {
     let mapped = host_ports(&host);
     assert_eq!(mapped.len(), 8 * MAPPINGS, "{mapped:#?}");
     let reservations = state_parses(host.state_dir());
-    let reserved: BTreeSet<(String, u16)> = reservations["ports"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| {
-            let (proto, port) = k.split_once('/').unwrap();
-            (proto.to_string(), port.parse().unwrap())
-        })
+    let reserved: BTreeSet<(String, u16)> = (reserved_ports(&reservations).into_iter())
+        .map(|r| (r.proto, r.port))
         .collect();
     let in_kernel: BTreeSet<(String, u16)> = mapped.keys().cloned().collect();
     assert_eq!(reserved, in_kernel, "reservations and the kernel disagree");

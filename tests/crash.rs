@@ -12,8 +12,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::{
-    namespaces_with, reach, require_root, serve_tcp, spawn_gearnat, state_parses, table_in, Rng,
-    Table, TestHost,
+    namespaces_with, reach, require_root, reserved_ports, serve_tcp, spawn_gearnat, state_parses,
+    table_in, Rng, Table, TestHost,
 };
 
 /// How many times an apply is killed.
@@ -233,7 +233,7 @@ fn after_a_reboot_one_apply_restores_the_same_ports_and_addresses() {
     let kernel_before = kernel(&host);
     let reservations_before = state_parses(host.state_dir());
     assert_eq!(
-        reservations_before["ports"].as_object().unwrap().len(),
+        reserved_ports(&reservations_before).len(),
         2 * (2 + 2),
         "{reservations_before:#}"
     );
@@ -295,7 +295,7 @@ fn after_a_reboot_one_apply_restores_the_same_ports_and_addresses() {
     }
 
     // Traffic: each deployment's explicit port from outside, its picked ports, and its link.
-    let reservations = reservations_before["ports"].as_object().unwrap();
+    let reservations = reserved_ports(&reservations_before);
     for (name, web, db, port) in deployments {
         let web1 = format!("{tag}{web}-1");
         let db1 = format!("{tag}{db}-1");
@@ -304,8 +304,8 @@ fn after_a_reboot_one_apply_restores_the_same_ports_and_addresses() {
         let _db = serve_tcp(&db1, "0.0.0.0:5432".parse().unwrap(), &format!("{name} db"));
         let picked = reservations
             .iter()
-            .find(|(_, h)| h["instance"] == web1.as_str() && h["internal"] == 80)
-            .map(|(k, _)| k.strip_prefix("tcp/").unwrap().parse::<u16>().unwrap())
+            .find(|r| r.instance == web1 && r.internal == 80 && r.proto == "tcp")
+            .map(|r| r.port)
             .unwrap();
         let to = |p: u16| format!("{}:{p}", common::HOST_ADDR);
         assert_eq!(reach(host.client_ns(), &to(port)), format!("{name} 81"));

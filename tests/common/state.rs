@@ -44,3 +44,39 @@ pub fn state_parses(dir: &Path) -> serde_json::Value {
     }
     reservations
 }
+
+/// One host port in `reservations.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedPort {
+    pub proto: String,
+    pub port: u16,
+    pub deployment: String,
+    pub instance: String,
+    pub internal: u16,
+}
+
+/// The host ports of `reservations` (as [`state_parses`] returns it), read from its grouping
+/// `{"held_ports": {deployment: {instance: {proto: [[host port, container port]]}}}}`.
+pub fn reserved_ports(reservations: &serde_json::Value) -> Vec<ReservedPort> {
+    let mut out = Vec::new();
+    let Some(deployments) = reservations["held_ports"].as_object() else {
+        return out;
+    };
+    for (deployment, instances) in deployments {
+        for (instance, protos) in instances.as_object().unwrap() {
+            for (proto, pairs) in protos.as_object().unwrap() {
+                for pair in pairs.as_array().unwrap() {
+                    let number = |i: usize| u16::try_from(pair[i].as_u64().unwrap()).unwrap();
+                    out.push(ReservedPort {
+                        proto: proto.clone(),
+                        port: number(0),
+                        deployment: deployment.clone(),
+                        instance: instance.clone(),
+                        internal: number(1),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
