@@ -2,7 +2,9 @@
 //! addresses, host ports and link targets. Pure: the caller passes in the reservations and the
 //! ports local sockets listen on, and saves what comes out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
@@ -249,10 +251,11 @@ fn assign_host_ports(
     }
 
     // Ports given out so far in this run, and to which instance.
-    let mut taken: HashMap<HostPort, InstanceNumber> = HashMap::with_capacity(previous.len());
+    let mut taken: HashMap<HostPort, InstanceNumber> =
+        HashMap::with_capacity_and_hasher(previous.len(), Default::default());
     let held_elsewhere =
         |proto, port| (cx.reservations.port_holder(proto, port)).filter(|h| h.deployment != d.name);
-    let mut out = HashMap::with_capacity(previous.len());
+    let mut out = HashMap::with_capacity_and_hasher(previous.len(), Default::default());
     for (key, port) in &fixed {
         let at = HostPort {
             proto: key.1,
@@ -292,7 +295,7 @@ fn assign_host_ports(
     }
     // Ports are only ever taken here, so the search for the lowest free one goes on from
     // where the last one ended (one cursor per protocol), not from the start each time.
-    let mut cursor: HashMap<Proto, u16> = HashMap::new();
+    let mut cursor: HashMap<Proto, u16> = HashMap::default();
     for key in still_open {
         let from = cursor.get(&key.1).copied().unwrap_or(*HOST_PORTS.start());
         let port = (from..=*HOST_PORTS.end())
@@ -362,12 +365,12 @@ fn updated_reservations(
 /// address that all sources dial. The first link to a port decides its style; a clash counts the
 /// port up (27017, 27018, ...), or with MatchPort the address (127.0.0.1, 127.0.0.2, ...).
 fn assign_targets(d: &Deployment) -> Result<HashMap<PortKey, SocketAddrV4>, ResolveError> {
-    let mut targets: HashMap<PortKey, SocketAddrV4> = HashMap::new();
-    let mut taken: HashSet<(Proto, SocketAddrV4)> = HashSet::new();
+    let mut targets: HashMap<PortKey, SocketAddrV4> = HashMap::default();
+    let mut taken: HashSet<(Proto, SocketAddrV4)> = HashSet::default();
     // Where each sequence of candidates (one style, protocol and first address) goes on from:
     // addresses are only ever taken, so the ones before the last found stay taken. Without it,
     // a link to 10,000 instances tries 50 million addresses.
-    let mut cursors: HashMap<Sequence, u32> = HashMap::new();
+    let mut cursors: HashMap<Sequence, u32> = HashMap::default();
     for source in &d.containers {
         for (link, target, key, port) in linked_target_ports(d, source) {
             if targets.contains_key(&key) {

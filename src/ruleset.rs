@@ -5,7 +5,7 @@
 //! chains, rules) is described by a [`Layout`] and whose variable part is a set of map
 //! [`Element`]s, each carrying its [`Owner`] in its comment.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;

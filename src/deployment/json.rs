@@ -6,9 +6,9 @@
 //! no extensions (no comments, no trailing commas), and three limits that keep a hostile file
 //! cheap: [`MAX_DEPTH`], [`MAX_STRING_BYTES`] and the file size limit checked by the caller.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
 
 use super::{Problem, Shown, ShownBare};

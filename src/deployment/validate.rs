@@ -5,7 +5,7 @@
 //! containers (names, counts, public ports, host port claims), the links, the environment and
 //! last the `Instances` of a geard output file, which pin host ports geard already gave.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::rc::Rc;
 
 use super::json::Pos;
@@ -261,7 +261,7 @@ impl Validator {
     }
 
     fn duplicate_names(&mut self, raw: &RawDeployment) {
-        let mut first: HashMap<&str, Pos> = HashMap::new();
+        let mut first: HashMap<&str, Pos> = HashMap::default();
         for n in raw.containers.iter().filter_map(|c| c.name.as_ref()) {
             if n.value.is_empty() {
                 continue;
@@ -287,7 +287,8 @@ impl Validator {
     /// is claimed for this container, and only one instance can have it.
     fn public_ports(&mut self, c: &RawContainer, name: &str, count: u32) -> Vec<PublicPort> {
         let mut out: Vec<PublicPort> = Vec::new();
-        let mut seen: HashMap<(u16, Proto), Pos> = HashMap::with_capacity(c.public_ports.len());
+        let mut seen: HashMap<(u16, Proto), Pos> =
+            HashMap::with_capacity_and_hasher(c.public_ports.len(), Default::default());
         let who: Rc<str> = format!("container {}", Shown(name)).into();
         for p in &c.public_ports {
             let Some(port) = self.public_port(p) else {
@@ -510,7 +511,7 @@ impl Validator {
                 .or_insert_with(|| Rc::new(t.public_ports.iter().map(|p| p.internal).collect())),
         );
         let mut ports: Vec<u16> = Vec::new();
-        let mut listed: HashSet<u16> = HashSet::new();
+        let mut listed: HashSet<u16> = HashSet::default();
         let mut ok = true;
         for p in &l.ports {
             match self.linked_port(p, t, &published, "in Ports") {
@@ -522,7 +523,7 @@ impl Validator {
             }
         }
         let mut alias_ports: Vec<(u16, u16)> = Vec::new();
-        let mut aliased: HashSet<u16> = HashSet::new();
+        let mut aliased: HashSet<u16> = HashSet::default();
         for a in &l.alias_ports {
             match self.alias_port(a, t, &published) {
                 Some((internal, _)) if aliased.contains(&internal) => {
@@ -609,7 +610,7 @@ impl Validator {
     }
 
     fn duplicate_links(&mut self, c: &RawContainer) {
-        let mut first: HashMap<&str, Pos> = HashMap::new();
+        let mut first: HashMap<&str, Pos> = HashMap::default();
         for to in c.links.iter().filter_map(|l| l.to.as_ref()) {
             match first.get(to.value.as_str()) {
                 Some(p) => self.problem(
@@ -643,7 +644,7 @@ impl Validator {
             .rev() // the first of two equal names wins, as in geard's Find
             .map(|(i, c)| (c.name.as_str(), i))
             .collect();
-        let mut seen: HashMap<String, Pos> = HashMap::new();
+        let mut seen: HashMap<String, Pos> = HashMap::default();
         let mut pinned = Vec::new();
         for inst in &raw.instances {
             let ports = self.instance_ports(inst);
@@ -693,7 +694,7 @@ impl Validator {
     /// External). Checks every entry, whether or not the instance is still deployed.
     fn instance_ports(&mut self, inst: &RawInstance) -> Vec<(u16, Proto, u16, Pos)> {
         let mut out: Vec<(u16, Proto, u16, Pos)> = Vec::new();
-        let mut seen: HashSet<(u16, Proto)> = HashSet::new();
+        let mut seen: HashSet<(u16, Proto)> = HashSet::default();
         for p in &inst.ports {
             let Some(internal) = &p.internal else {
                 // Reported with the raw file.
@@ -729,7 +730,7 @@ impl Validator {
 
 /// Each container name to the index of the first container with it.
 fn container_index(raw: &RawDeployment) -> HashMap<&str, usize> {
-    let mut out = HashMap::new();
+    let mut out = HashMap::default();
     for (i, c) in raw.containers.iter().enumerate() {
         if let Some(name) = name_of(c) {
             out.entry(name).or_insert(i);
