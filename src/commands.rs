@@ -17,6 +17,7 @@ use crate::report;
 use crate::resolve::{self, Resolved};
 use crate::runtime::{self, Network, Runtime};
 use crate::state::{DeploymentRecord, Reservations, StateDir};
+use crate::table_cache::TableCache;
 use crate::timing::timed;
 use crate::{deployment, firewall, geard, link, netfilter, Error};
 
@@ -203,14 +204,16 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     attach_containers(&rt, &d, &resolved, &mut desired)?;
     let record = saved.unwrap_or_else(|| new_record(&d, args, &rt));
     let host = Netns::current()?;
-    let (observed, plan) = timed("observe", || {
-        reconcile::observe_and_plan(&host, &net, &rt, &desired, &record)
+    let cache = TableCache::new(state.path());
+    let (mut observed, plan) = timed("observe", || {
+        reconcile::observe_and_plan(&host, &net, &rt, &desired, &record, Some(&cache))
     })?;
 
     timed("print plan", || {
         print_plan(args.output.output, &plan, &net, &resolved)
     });
     if plan.is_empty() {
+        reconcile::remember_host_table(&cache, &observed);
         timed("firewalls", || firewall_pass(&net, args.output.output))?;
         timed("coexistence", || report_coexistence(&net));
         timed("save state", || {
@@ -236,10 +239,11 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
             &rt,
             &desired,
             &record,
-            observed,
+            &mut observed,
             (&plan, &committed),
         )
     })?;
+    reconcile::remember_host_table(&cache, &observed);
     // Saved before the firewall probes: their netfilter sockets would otherwise wait at close
     // for the kernel to free what the batch removed (see `netfilter::commit`).
     timed("save state", || {
@@ -309,7 +313,7 @@ fn read_back(
     rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
-    observed: plan::Observed,
+    observed: &mut plan::Observed,
     (plan, committed): (&plan::Plan, &reconcile::Committed),
 ) -> Result<(), Error> {
     let record = record_for(desired, record);
@@ -409,7 +413,9 @@ pub fn diff(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     let rt = pick_runtime(args.runtime, saved.as_ref())?;
     attach_containers(&rt, &d, &resolved, &mut desired)?;
     let record = saved.unwrap_or_else(|| new_record(&d, args, &rt));
-    let plan = reconcile::plan_apply(&Netns::current()?, &net, &rt, &desired, &record)?;
+    let cache = TableCache::new(state_dir);
+    let host = Netns::current()?;
+    let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record, Some(&cache))?;
     print_plan(args.output.output, &plan, &net, &resolved);
     Ok(if plan.is_empty() {
         Status::Done
@@ -443,8 +449,9 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         .count();
     let host = Netns::current()?;
     let rt = runtime_named(&record.runtime)?;
+    let cache = TableCache::new(state_dir);
     let observed = timed("observe", || {
-        reconcile::observe(&host, &net, &rt, None, &record.instances)
+        reconcile::observe(&host, &net, &rt, None, &record.instances, Some(&cache))
     })?;
     let created: BTreeSet<String> = if args.keep_containers && rt.docker().is_some() {
         BTreeSet::new()
@@ -461,6 +468,8 @@ pub fn down(state_dir: &Path, args: &DownArgs) -> Result<Status, Error> {
         others == 0,
     );
     say_part!("{}", plan_text(&name, "down", &plan, &net));
+    // The next run reads the table afresh.
+    cache.forget();
     reconcile::execute(&host, &net, &rt, &plan, &mut record, |_| Ok(()))?;
     if others == 0 {
         firewall_undo(&net)?;
@@ -517,6 +526,7 @@ pub fn status(
     require_admin("status")?;
     let net = network(net_args);
     let state = StateDir::read_only(state_dir);
+    let cache = TableCache::new(state_dir);
     let host = Netns::current()?;
     report_coexistence(&net);
     let host_table = netfilter::dump().map_err(|e| Error::Netfilter {
@@ -554,7 +564,7 @@ pub fn status(
         let mut desired = plan::desired(&resolved, &plan_config(&net));
         let rt = runtime_named(&record.runtime)?;
         attach_containers(&rt, &d, &resolved, &mut desired)?;
-        let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record)?;
+        let plan = reconcile::plan_apply(&host, &net, &rt, &desired, &record, Some(&cache))?;
         let paths = report::paths(&resolved, &installed);
         match args.output {
             Output::Text => {

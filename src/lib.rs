@@ -55,6 +55,7 @@ pub mod resolve;
 pub mod ruleset;
 pub mod runtime;
 pub mod state;
+pub mod table_cache;
 pub mod timing;
 pub mod watch;
 

@@ -15,6 +15,7 @@ use crate::plan::{
 use crate::ruleset::{ActualTable, Element};
 use crate::runtime::{self, Network, Runtime};
 use crate::state::DeploymentRecord;
+use crate::table_cache::{self, TableCache};
 use crate::timing::timed;
 use crate::{link, parallel, report, Error};
 
@@ -55,12 +56,16 @@ fn read_sysctls(want: &[Sysctl]) -> BTreeMap<String, String> {
 
 /// Reads everything the plan depends on: the host's table and sysctls, and for every instance
 /// the deployment has or had, its namespace, wiring, table and sysctls.
+///
+/// With `cache`, the host's table is taken from it when the ruleset has not moved since it was
+/// written (see [`table_cache`]), and dumped otherwise.
 pub fn observe(
     host: &Netns,
     net: &Network,
     rt: &Runtime,
     desired: Option<&Desired>,
     record: &[String],
+    cache: Option<&TableCache>,
 ) -> Result<Observed, Error> {
     let mut ids: Vec<(String, Option<&plan::InstanceDesired>)> = Vec::new();
     if let Some(d) = desired {
@@ -74,7 +79,7 @@ pub fn observe(
     let mut observed = Observed::default();
     let instances = std::thread::scope(|scope| {
         let instances = scope.spawn(|| observe_instances(host, net, rt, &ids));
-        let host_seen = observe_host(host, net, desired, &mut observed);
+        let host_seen = observe_host(host, net, desired, cache, &mut observed);
         let instances = instances
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -114,19 +119,44 @@ fn observe_host(
     host: &Netns,
     net: &Network,
     desired: Option<&Desired>,
+    cache: Option<&TableCache>,
     observed: &mut Observed,
 ) -> Result<(), Error> {
     let host_sysctls = desired.map(|d| d.host_sysctls.clone()).unwrap_or_default();
     observed.bridge_ready = runtime::bridge_in_place(host, net)?;
-    let (table, generation) =
-        timed("dump host table", netfilter::snapshot).map_err(|e| Error::Netfilter {
-            ns: "host".into(),
-            source: e,
-        })?;
+    let (table, generation) = host_table(cache).map_err(|e| Error::Netfilter {
+        ns: "host".into(),
+        source: e,
+    })?;
     observed.host_table = table;
     observed.host_generation = Some(generation);
     observed.host_sysctls = read_sysctls(&host_sysctls);
     Ok(())
+}
+
+/// The host's table and the generation it is true at: from `cache` when it holds the current
+/// generation, else dumped.
+fn host_table(cache: Option<&TableCache>) -> Result<(Option<ActualTable>, u32), netfilter::Error> {
+    if let Some(cache) = cache {
+        let generation = netfilter::generation()?;
+        let cached = table_cache::Key::here(generation)
+            .and_then(|key| timed("read cached host table", || cache.load(&key)));
+        if let Some(table) = cached {
+            return Ok((table, generation));
+        }
+    }
+    timed("dump host table", netfilter::snapshot)
+}
+
+/// Writes what `observed` knows of the host's table into `cache`, when it knows the
+/// generation the table is true at.
+pub fn remember_host_table(cache: &TableCache, observed: &Observed) {
+    match observed.host_generation.and_then(table_cache::Key::here) {
+        Some(key) => timed("write cached host table", || {
+            cache.store(&key, observed.host_table.as_ref())
+        }),
+        None => cache.forget(),
+    }
 }
 
 /// One instance's namespace: whether it exists, is wired (when `want` says how), and its table
@@ -172,7 +202,7 @@ pub fn read_back(
     rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
-    mut before: Observed,
+    before: &mut Observed,
     plan: &Plan,
     committed: &Committed,
 ) -> Result<Plan, Error> {
@@ -182,15 +212,17 @@ pub fn read_back(
     if !plan.host.sysctls.is_empty() {
         before.host_sysctls = read_sysctls(&desired.host_sysctls);
     }
-    if committed.host {
+    if let Some(generation) = committed.host {
         before.host_table = ActualTable::after(before.host_table.as_ref(), &plan.host.table);
+        before.host_generation = Some(generation);
     } else if !plan.host.table.is_empty() {
-        let (table, _) =
+        let (table, generation) =
             timed("dump host table", netfilter::snapshot).map_err(|e| Error::Netfilter {
                 ns: "host".into(),
                 source: e,
             })?;
         before.host_table = table;
+        before.host_generation = Some(generation);
     }
     let mut changed: Vec<(String, Option<&plan::InstanceDesired>)> = Vec::new();
     for inst in &desired.instances {
@@ -210,14 +242,16 @@ pub fn read_back(
     before
         .instances
         .extend(observe_instances(host, net, rt, &changed)?);
-    Ok(diff_against(desired, &before, record))
+    Ok(diff_against(desired, before, record))
 }
 
 /// The namespaces whose batch the kernel took on condition that their ruleset had not moved
-/// since it was read (`netfilter::commit_on`): their table is known without reading it again.
+/// since it was read (`netfilter::commit_on`), and in which nothing has been committed since:
+/// their table is known without reading it again.
 #[derive(Debug, Default)]
 pub struct Committed {
-    pub host: bool,
+    /// The host's generation after its batch.
+    pub host: Option<u32>,
     pub instances: BTreeSet<String>,
 }
 
@@ -254,7 +288,7 @@ pub fn execute(
             ) {
                 continue;
             }
-            if commit_namespace(rt, Some(id), ns_plan)? {
+            if commit_namespace(rt, Some(id), ns_plan)?.is_some() {
                 committed.instances.insert(id.clone());
             }
         }
@@ -342,9 +376,14 @@ fn remove_instances(
     Ok(())
 }
 
-/// One namespace's table change, as one atomic batch, then its sysctls. Returns whether the
-/// batch went in on the generation the plan was made at.
-fn commit_namespace(rt: &Runtime, instance: Option<&String>, p: &NsPlan) -> Result<bool, Error> {
+/// One namespace's table change, as one atomic batch, then its sysctls. Returns the
+/// generation the batch left when it went in on the generation the plan was made at and
+/// nothing was committed after it.
+fn commit_namespace(
+    rt: &Runtime,
+    instance: Option<&String>,
+    p: &NsPlan,
+) -> Result<Option<u32>, Error> {
     let Some(id) = instance else {
         return commit_here("host", p);
     };
@@ -353,11 +392,11 @@ fn commit_namespace(rt: &Runtime, instance: Option<&String>, p: &NsPlan) -> Resu
     netns::run_in(&ns, move || commit_here(&id, &p))?
 }
 
-fn commit_here(ns: &str, p: &NsPlan) -> Result<bool, Error> {
-    let on_generation = match p.generation {
-        _ if p.table.is_empty() => Ok(false),
+fn commit_here(ns: &str, p: &NsPlan) -> Result<Option<u32>, Error> {
+    let known = match p.generation {
+        _ if p.table.is_empty() => Ok(None),
         Some(generation) => netfilter::commit_on(&p.table, generation),
-        None => netfilter::commit(&p.table).map(|()| false),
+        None => netfilter::commit(&p.table).map(|()| None),
     }
     .map_err(|e| Error::Netfilter {
         ns: ns.to_string(),
@@ -368,7 +407,7 @@ fn commit_here(ns: &str, p: &NsPlan) -> Result<bool, Error> {
         link::sysctl_set(&s.key, &s.to)?;
         log::info!("{ns}: set {} = {}", s.key, s.to);
     }
-    Ok(on_generation)
+    Ok(known)
 }
 
 /// Deletes the conntrack entries that still lead where `stale` sent them. A failure leaves the
@@ -430,8 +469,9 @@ pub fn plan_apply(
     rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
+    cache: Option<&TableCache>,
 ) -> Result<Plan, Error> {
-    Ok(observe_and_plan(host, net, rt, desired, record)?.1)
+    Ok(observe_and_plan(host, net, rt, desired, record, cache)?.1)
 }
 
 /// [`plan_apply`], also returning what was observed (for [`read_back`]).
@@ -441,8 +481,9 @@ pub fn observe_and_plan(
     rt: &Runtime,
     desired: &Desired,
     record: &DeploymentRecord,
+    cache: Option<&TableCache>,
 ) -> Result<(Observed, Plan), Error> {
-    let observed = observe(host, net, rt, Some(desired), &record.instances)?;
+    let observed = observe(host, net, rt, Some(desired), &record.instances, cache)?;
     let plan = diff_against(desired, &observed, record);
     Ok((observed, plan))
 }

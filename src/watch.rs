@@ -161,7 +161,7 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
     let rt = runtime_named(&record.runtime)?;
     attach_containers(&rt, &d, &resolved, &mut desired)?;
     let host = Netns::current()?;
-    let mut plan = reconcile::plan_apply(&host, net, &rt, &desired, &record)?;
+    let mut plan = reconcile::plan_apply(&host, net, &rt, &desired, &record, None)?;
     for id in leave_stopped(&mut plan) {
         log::info!("{name}: container {id} is stopped; left so (`gearnat apply` starts it)");
     }

@@ -577,3 +577,53 @@ fn the_resolved_file_follows_the_deployment() {
     host.apply_ok(&file);
     assert_eq!(fs::read_to_string(&resolved).unwrap(), second);
 }
+
+/// The host table cached in the state directory is taken only while the ruleset generation is
+/// the one it was written at: an element added by hand with the deployment's own comment, and
+/// one deleted by hand, are both seen and put right by the next apply; a cache file that is
+/// garbage is ignored.
+#[test]
+fn the_cached_host_table_gives_way_to_any_change_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let host = TestHost::new("ga10");
+    let tag = host.tag().to_string();
+    let tag = tag.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let file = write_file(&files, "seed.json", &seed(tag));
+    host.apply_ok(&file);
+    let cache = host.state_dir().join("host-table.cache");
+    let text = fs::read_to_string(&cache).expect("apply writes the host table cache");
+    assert!(text.contains(" 6060 10.211.0.2:80 "), "{text}");
+    assert!(host.apply_ok(&file).contains("in sync"));
+
+    let nft = |args: &[&str]| {
+        let out = common::exec(host.host_ns(), &[&["nft"], args].concat());
+        assert!(out.status.success(), "nft {args:?}: {out:?}");
+    };
+    let stale = format!("{{ 7070 comment \"gearnat:seed/{tag}rockmongo-1\" : 10.211.0.2 . 81 }}");
+    nft(&["add", "element", "ip", "gearnat", "tcp_ports", &stale]);
+    nft(&[
+        "delete",
+        "element",
+        "ip",
+        "gearnat",
+        "tcp_ports",
+        "{ 6060 }",
+    ]);
+    let out = host.apply_ok(&file);
+    assert!(out.contains("- host tcp 7070 ->"), "{out}");
+    assert!(out.contains("+ host tcp 6060 ->"), "{out}");
+    let table = nft_list(host.host_ns());
+    assert!(!table.contains("7070"), "{table}");
+    assert!(table.contains("6060 comment"), "{table}");
+
+    fs::write(&cache, "gearnat host table cache 1\nboot x\n").unwrap();
+    let out = host.apply_ok(&file);
+    assert!(out.contains("in sync"), "{out}");
+    assert!(fs::read_to_string(&cache).unwrap().contains(" 6060 "));
+    let server = serve_tcp(&format!("{tag}rockmongo-1"), addr("10.211.0.2:80"), "web");
+    assert_eq!(reach(host.client_ns(), "192.0.2.1:6060"), "web");
+    server.stop();
+}

@@ -39,27 +39,35 @@ const ANSWER_TIMEOUT_MS: i32 = 5000;
 /// table to create exists, an element to remove is missing (by key) or one to add exists (by
 /// key, whatever its target). Removing and adding the same key in one change retargets it.
 pub fn commit(change: &TableChange) -> Result<(), Error> {
-    send_batch(change, None)
+    send_batch(change, None).map(|_| ())
 }
 
 /// [`commit`], on condition that nothing changed the namespace's ruleset since a dump read it
-/// at `generation`. Returns whether the condition held: then the table is now exactly the one
-/// that dump read, changed by `change`. If it did not, the kernel refused the batch without
-/// changing anything, and the change is committed again without the condition (the generation
+/// at `generation`. Returns `Some` of the generation the batch made when the condition held
+/// and nothing was committed after it: then the table is now exactly the one that dump read,
+/// changed by `change`. Otherwise `None`: if the condition failed, the kernel refused the batch
+/// without changing anything, and the change was committed again without it (the generation
 /// counts changes to every table, most of them not gearnat's).
-pub fn commit_on(change: &TableChange, generation: u32) -> Result<bool, Error> {
+pub fn commit_on(change: &TableChange, generation: u32) -> Result<Option<u32>, Error> {
     match send_batch(change, Some(generation)) {
         Err(Error::Batch(KernelError(libc::ERESTART))) => {
             log::debug!("the ruleset moved past generation {generation}; committing anyway");
-            send_batch(change, None).map(|()| false)
+            send_batch(change, None).map(|_| None)
         }
-        result => result.map(|()| true),
+        result => {
+            // The batch's own transaction made the next generation; any other number means
+            // someone committed after it.
+            let made = super::next_generation(generation);
+            result.map(|now| now.filter(|now| *now == made))
+        }
     }
 }
 
-fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<(), Error> {
+/// Sends `change` as one batch; the generation right after it, read on the batch's socket,
+/// when it was sent on condition of `generation`.
+fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<Option<u32>, Error> {
     if change.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let batch = timed("build batch", || Batch::build(change, generation))?;
     let socket = Socket::open().map_err(Error::Socket)?;
@@ -67,8 +75,17 @@ fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<(), Error
     timed("send batch (kernel commit)", || batch.send(&socket))?;
     let answers = timed("read answers", || batch.collect_answers(&socket))?;
     let checked = batch.check(&answers);
+    // Asked on this socket: a new one would wait for the batch's freed objects, as `close`
+    // does (below).
+    let (now, socket) = match (&checked, generation) {
+        (Ok(()), Some(_)) => {
+            let (now, socket) = super::dump::generation_on(socket, batch.next_seq());
+            (now.ok(), socket)
+        }
+        _ => (None, socket),
+    };
     close_in_background(socket);
-    checked
+    checked.map(|()| now)
 }
 
 /// Closes `socket` on a thread of its own. Closing a netfilter socket soon after a batch that

@@ -50,6 +50,28 @@ pub fn snapshot() -> Result<(Option<ActualTable>, u32), Error> {
     Err(Error::Unstable(ATTEMPTS))
 }
 
+/// The calling thread's namespace's ruleset generation: it moves with every transaction
+/// committed there, to any table.
+pub fn generation() -> Result<u32, Error> {
+    generation_on(Socket::open().map_err(Error::Socket)?, 0).0
+}
+
+/// [`generation`] asked on `socket`, whose requests so far used sequence numbers up to `seq`;
+/// the socket is handed back.
+pub(super) fn generation_on(socket: Socket, seq: u32) -> (Result<u32, Error>, Socket) {
+    let mut conn = Connection { socket, seq };
+    (conn.generation(), conn.socket)
+}
+
+/// The generation a transaction committed at `generation` leaves (nf_tables_commit counts up
+/// and skips 0).
+pub fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        next => next,
+    }
+}
+
 struct Connection {
     socket: Socket,
     seq: u32,

@@ -30,7 +30,7 @@ use std::io;
 
 pub use batch::{commit, commit_on};
 pub use conntrack::{delete_flows, Flow};
-pub use dump::{dump, forward_chains, snapshot, ForwardChain};
+pub use dump::{dump, forward_chains, generation, next_generation, snapshot, ForwardChain};
 pub use monitor::{Monitor, Removal};
 pub use render::render;
 pub use udata::COMMENT_MAX_LEN;
@@ -177,6 +177,12 @@ mod unit_tests {
     use super::*;
     use crate::model::Proto;
     use crate::ruleset::Owner;
+
+    #[test]
+    fn generations_count_up_past_zero() {
+        assert_eq!(next_generation(41), 42);
+        assert_eq!(next_generation(u32::MAX), 1);
+    }
 
     #[test]
     fn errors_name_the_element_and_the_errno() {

@@ -52,6 +52,10 @@ fn nft(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn generation_now() -> u32 {
+    super::generation().unwrap()
+}
+
 fn host_layout() -> Layout {
     Layout::Host {
         pool: "10.211.0.0/16".parse().unwrap(),
@@ -184,9 +188,13 @@ fn commit_on_a_generation() {
         let (none, generation) = snapshot().unwrap();
         assert_eq!(none, None);
         let change = create(layout, host_elements());
-        assert!(commit_on(&change, generation).unwrap(), "nothing moved");
+        let made = commit_on(&change, generation).unwrap();
+        // The batch's own transaction is the one generation step since.
+        assert_eq!(made, Some(next_generation(generation)), "nothing moved");
+        assert_eq!(generation_now(), next_generation(generation));
         let (read, generation) = snapshot().unwrap();
         assert_eq!(read, ActualTable::after(None, &change));
+        assert_eq!(generation_now(), generation);
 
         let change = TableChange {
             remove: host_elements()[..1].to_vec(),
@@ -197,8 +205,10 @@ fn commit_on_a_generation() {
         // Another table's commit moves the generation: the condition fails, the change still
         // goes in.
         nft(&["add", "table", "inet", "other"], None);
-        assert!(
-            !commit_on(&change, generation).unwrap(),
+        assert_eq!(generation_now(), next_generation(generation));
+        assert_eq!(
+            commit_on(&change, generation).unwrap(),
+            None,
             "the ruleset moved"
         );
         assert_eq!(dump().unwrap(), predicted);
@@ -208,7 +218,7 @@ fn commit_on_a_generation() {
             add: vec![port(Proto::Tcp, 7001, "10.211.0.9:8081", "api-1")],
             ..TableChange::default()
         };
-        assert!(commit_on(&again, generation).unwrap());
+        assert!(commit_on(&again, generation).unwrap().is_some());
         assert_eq!(
             dump().unwrap().unwrap().elements.len(),
             host_elements().len() + 1
