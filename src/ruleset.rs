@@ -32,7 +32,7 @@ pub enum Layout {
 impl Layout {
     /// Revision of the table's shape; bumped whenever chains, rules or maps change, so that an
     /// older table is replaced as a whole (atomically, in the same batch).
-    pub const REVISION: u32 = 3;
+    pub const REVISION: u32 = 4;
 
     /// The table comment that identifies this layout in the kernel.
     pub fn comment(&self) -> String {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::program::map_name;
+use super::program::{map_name, PORT_MAP_SIZE};
 use crate::model::Proto;
 use crate::ruleset::{Element, Layout, TABLE};
 
@@ -118,12 +118,15 @@ const LOOPBACK_MASQUERADE: &str =
 ";
 
 fn render_map(out: &mut String, layout: &Layout, map: &str, elements: &[&Element]) {
-    let key = match layout {
-        Layout::Host { .. } => "inet_service",
-        Layout::Instance => "ipv4_addr . inet_service",
+    let (key, size) = match layout {
+        Layout::Host { .. } => ("inet_service", Some(PORT_MAP_SIZE)),
+        Layout::Instance => ("ipv4_addr . inet_service", None),
     };
     let _ = writeln!(out, "\tmap {map} {{");
     let _ = writeln!(out, "\t\ttype {key} : ipv4_addr . inet_service");
+    if let Some(size) = size {
+        let _ = writeln!(out, "\t\tsize {size}");
+    }
     if !elements.is_empty() {
         out.push_str("\t\telements = {\n");
         for (i, element) in elements.iter().enumerate() {
@@ -196,9 +199,10 @@ mod tests {
             },
         ];
         let expected = "table ip gearnat {
-	comment \"gearnat r3 host pool 10.211.0.0/16\"
+	comment \"gearnat r4 host pool 10.211.0.0/16\"
 	map tcp_ports {
 		type inet_service : ipv4_addr . inet_service
+		size 65536
 		elements = {
 			6060 comment \"gearnat:seed/rockmongo-1\" : 10.211.0.2 . 80,
 			6061 comment \"gearnat:seed/rockmongo-2\" : 10.211.0.4 . 80
@@ -206,6 +210,7 @@ mod tests {
 	}
 	map udp_ports {
 		type inet_service : ipv4_addr . inet_service
+		size 65536
 		elements = {
 			5353 comment \"gearnat:seed/dns-1\" : 10.211.0.3 . 53
 		}
@@ -254,7 +259,7 @@ mod tests {
             owner: owner("web-1"),
         }];
         let text = render(&Layout::Instance, &elements);
-        assert!(text.starts_with("table ip gearnat {\n\tcomment \"gearnat r3 instance\"\n"));
+        assert!(text.starts_with("table ip gearnat {\n\tcomment \"gearnat r4 instance\"\n"));
         assert!(text.contains(
             "\tmap tcp_links {\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\
              \t\telements = {\n\

@@ -219,7 +219,7 @@ pub(crate) fn put_map(buf: &mut MsgBuf, flags: u16, seq: u32, table: &str, map: 
     let (table, name) = (cstring(table), cstring(map.name));
     let msg = libc::NFT_MSG_NEWSET as u16;
     let nlh = header(buf, bound, msg, NFPROTO_IPV4, flags, seq);
-    // SAFETY: as in `put_table`; nine short attributes and the userdata fit the bound.
+    // SAFETY: as in `put_table`; ten short attributes and the userdata fit the bound.
     unsafe {
         let s = sys::nftnl_set_alloc();
         assert!(!s.is_null(), "out of memory");
@@ -232,6 +232,9 @@ pub(crate) fn put_map(buf: &mut MsgBuf, flags: u16, seq: u32, table: &str, map: 
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, map.data_type);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, map.data_len);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, map.id);
+        if let Some(size) = map.size {
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, size);
+        }
         sys::nftnl_set_set_data(
             s,
             sys::NFTNL_SET_USERDATA as u16,

@@ -139,7 +139,7 @@ fn host_round_trip_add_remove_delete() {
         // nft sees the comments where it shows them.
         let listed = nft(&["list", "table", "ip", "gearnat"], None);
         assert!(
-            listed.contains("comment \"gearnat r3 host pool 10.211.0.0/16\""),
+            listed.contains("comment \"gearnat r4 host pool 10.211.0.0/16\""),
             "{listed}"
         );
         assert!(listed.contains("6060 comment \"gearnat:seed/rockmongo-1\" : 10.211.0.2 . 80"));
@@ -231,7 +231,7 @@ fn instance_round_trip_and_replace() {
     in_netns(|| {
         commit(&create(Layout::Instance, instance_elements())).unwrap();
         let actual = dump().unwrap().unwrap();
-        assert_eq!(actual.comment.as_deref(), Some("gearnat r3 instance"));
+        assert_eq!(actual.comment.as_deref(), Some("gearnat r4 instance"));
         assert_eq!(actual.elements, sorted(instance_elements()));
 
         // Replacing the table as a whole in one batch.
