@@ -269,15 +269,39 @@ pub fn execute(
     if plan.create_bridge {
         timed("wire bridge", || runtime::ensure_bridge(host, net))?;
     }
-    let joined = timed("run containers", || run_containers(rt, plan, record)).and_then(|()| {
-        timed("wire instances", || {
-            join_instances(host, net, rt, plan, record)
+    let commit_host = || timed("commit host", || commit_namespace(rt, None, &plan.host));
+    let join = |record: &mut DeploymentRecord| {
+        timed("run containers", || run_containers(rt, plan, record)).and_then(|()| {
+            timed("wire instances", || {
+                join_instances(host, net, rt, plan, record)
+            })
         })
-    });
+    };
+    // The host's batch needs nothing of the instances' wiring, so it goes in while they are
+    // wired (a cold apply of 10,000 mappings over 10 new instances: about 10 ms each). Not
+    // while containers are made: an image that cannot be had is the likeliest failure of an
+    // apply, and it leaves the host's table as it was.
+    let (joined, host_committed) = if plan.containers.is_empty() {
+        std::thread::scope(|scope| {
+            // Scoped threads start in the calling thread's namespace, the host.
+            let host_batch = scope.spawn(commit_host);
+            let joined = join(record);
+            let committed = host_batch
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (joined, Some(committed))
+        })
+    } else {
+        (join(record), None)
+    };
     persist(record)?;
     joined?;
+    let host_committed = match host_committed {
+        Some(committed) => committed,
+        None => commit_host(),
+    };
     let mut committed = Committed {
-        host: timed("commit host", || commit_namespace(rt, None, &plan.host))?,
+        host: host_committed?,
         ..Committed::default()
     };
     timed("commit instances", || -> Result<(), Error> {
