@@ -243,11 +243,14 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
             (&plan, &committed),
         )
     })?;
-    reconcile::remember_host_table(&cache, &observed);
     // Saved before the firewall probes: their netfilter sockets would otherwise wait at close
-    // for the kernel to free what the batch removed (see `netfilter::commit`).
-    timed("save state", || {
-        save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
+    // for the kernel to free what the batch removed (see `netfilter::commit`). The cache is
+    // written meanwhile: at 10,000 mappings each takes a few milliseconds.
+    std::thread::scope(|scope| {
+        scope.spawn(|| reconcile::remember_host_table(&cache, &observed));
+        timed("save state", || {
+            save_resolved(&state, &d, &resolved, unsaved, record, args, &desired)
+        })
     })?;
     timed("firewalls", || firewall_pass(&net, args.output.output))?;
     timed("coexistence", || report_coexistence(&net));

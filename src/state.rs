@@ -308,7 +308,7 @@ impl StateDir {
     }
 
     pub fn save_reservations(&self, r: &Reservations) -> Result<(), StateError> {
-        write_json(&self.reservations_path(), r, Layout::Compact)
+        write_json(&self.reservations_path(), r, Layout::Compact, IfSame::Keep)
     }
 
     pub fn record(&self, name: &str) -> Result<Option<DeploymentRecord>, StateError> {
@@ -316,11 +316,22 @@ impl StateDir {
     }
 
     pub fn save_record(&self, record: &DeploymentRecord) -> Result<(), StateError> {
-        write_json(&self.record_path(&record.name), record, Layout::Pretty)
+        write_json(
+            &self.record_path(&record.name),
+            record,
+            Layout::Pretty,
+            IfSame::Keep,
+        )
     }
 
+    /// Writes geard's output file of deployment `name`; the caller knows it changed.
     pub fn save_resolved(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
-        write_json(&self.resolved_path(name), value, Layout::Pretty)
+        write_json(
+            &self.resolved_path(name),
+            value,
+            Layout::Pretty,
+            IfSame::Rewrite,
+        )
     }
 
     /// Forgets a deployment: its record and its resolved file.
@@ -382,10 +393,24 @@ enum Layout {
     Compact,
 }
 
+/// Whether a file that already holds the bytes to write is left alone: they are read and
+/// compared first, which costs far less than the two fsyncs of a write (an unchanged re-apply).
+/// A caller that knows the content changed skips the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfSame {
+    Keep,
+    Rewrite,
+}
+
 /// Writes `value` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
 /// the directory (rename(2) is atomic within a file system; the directory fsync makes the
-/// rename itself durable). A file that already holds exactly these bytes is left alone.
-fn write_json<T: Serialize>(path: &Path, value: &T, layout: Layout) -> Result<(), StateError> {
+/// rename itself durable).
+fn write_json<T: Serialize>(
+    path: &Path,
+    value: &T,
+    layout: Layout,
+    if_same: IfSame,
+) -> Result<(), StateError> {
     let err = |source: io::Error| StateError::Write {
         path: path.to_path_buf(),
         source,
@@ -396,9 +421,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T, layout: Layout) -> Result<()
     };
     let mut text = text.map_err(|e| err(io::Error::other(e)))?;
     text.push(b'\n');
-    // Unchanged content (an unchanged re-apply) is not written again: reading it back costs
-    // far less than the two fsyncs.
-    if fs::read(path).is_ok_and(|old| old == text) {
+    if if_same == IfSame::Keep && fs::read(path).is_ok_and(|old| old == text) {
         return Ok(());
     }
     let tmp = path.with_extension("tmp");

@@ -13,13 +13,13 @@
 //! where the dump took 7 to 14 (each 32 KiB part of a set dump walks the kernel's hash table
 //! from its start).
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
 
@@ -82,14 +82,14 @@ fn netns_cookie() -> Option<u64> {
 pub struct TableCache {
     path: PathBuf,
     /// The key of the last entry read or written, so that an entry is not written again.
-    current: RefCell<Option<Key>>,
+    current: Mutex<Option<Key>>,
 }
 
 impl TableCache {
     pub fn new(state_dir: &Path) -> TableCache {
         TableCache {
             path: state_dir.join(FILE),
-            current: RefCell::new(None),
+            current: Mutex::new(None),
         }
     }
 
@@ -98,7 +98,7 @@ impl TableCache {
         let text = fs::read_to_string(&self.path).ok()?;
         let table = parse(&text, key);
         if table.is_some() {
-            *self.current.borrow_mut() = Some(key.clone());
+            *self.last() = Some(key.clone());
         } else {
             log::debug!(
                 "{}: no entry for generation {}",
@@ -112,7 +112,7 @@ impl TableCache {
     /// Records that the table is `table` at `key`. A failure costs the next run a dump, so it
     /// is logged, not returned.
     pub fn store(&self, key: &Key, table: Option<&ActualTable>) {
-        if self.current.borrow().as_ref() == Some(key) {
+        if self.last().as_ref() == Some(key) {
             return;
         }
         let Some(text) = render(key, table) else {
@@ -128,14 +128,20 @@ impl TableCache {
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| fs::rename(&tmp, &self.path));
         match written {
-            Ok(()) => *self.current.borrow_mut() = Some(key.clone()),
+            Ok(()) => *self.last() = Some(key.clone()),
             Err(e) => log::debug!("writing {}: {e}", self.path.display()),
         }
     }
 
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<Key>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Forgets the entry (after a change whose outcome is not known exactly).
     pub fn forget(&self) {
-        *self.current.borrow_mut() = None;
+        *self.last() = None;
         let _ = fs::remove_file(&self.path);
     }
 }
@@ -297,7 +303,7 @@ mod tests {
         ];
         elements.sort();
         ActualTable {
-            comment: Some("gearnat r3 host pool 10.211.0.0/16".into()),
+            comment: Some("gearnat r4 host pool 10.211.0.0/16".into()),
             elements,
             unowned: 2,
         }
