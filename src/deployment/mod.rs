@@ -223,17 +223,17 @@ pub fn parse_raw(source: &str, file: &str) -> Result<raw::RawDeployment, Deploym
 }
 
 fn parse_checked(source: &str, file: &str, name: String) -> Result<Deployment, DeploymentError> {
-    let (tree, mut problems) = json::read(source);
+    let (tree, mut problems) = crate::timing::timed("read json", || json::read(source));
     let Some(tree) = tree else {
         return Err(DeploymentError::invalid(file, problems));
     };
-    let (raw, raw_problems, limit_hit) = raw::build(&tree);
+    let (raw, raw_problems, limit_hit) = crate::timing::timed("match keys", || raw::build(&tree));
     problems.extend(raw_problems);
     // Past a size limit nothing more is checked: the file is refused whatever else is in it.
     if limit_hit {
         return Err(DeploymentError::invalid(file, problems));
     }
-    match validate::validate(&raw, name) {
+    match crate::timing::timed("validate", || validate::validate(&raw, name)) {
         Ok(deployment) if problems.is_empty() => Ok(deployment),
         Ok(_) => Err(DeploymentError::invalid(file, problems)),
         Err(more) => {
