@@ -401,7 +401,9 @@ mod tests {
         let me = thread::current().id();
         assert_eq!(run_in(&here, || thread::current().id()).unwrap(), me);
         // Inside an async runtime, on a thread of its own as for any other namespace.
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let inside = rt.block_on(async { run_in(&here, || thread::current().id()).unwrap() });
         assert_ne!(inside, me);
     }

@@ -25,19 +25,33 @@ struct Inside {
     /// The ruleset generation `table` was read at.
     generation: u32,
     sysctls: BTreeMap<String, String>,
+    /// Whether the inner end of the instance's veth pair is in place, when asked about.
+    inner_wired: bool,
 }
 
-fn observe_inside(id: &str, ns: &Netns, sysctls: Vec<Sysctl>) -> Result<Inside, Error> {
-    let id = id.to_string();
-    netns::run_in(ns, move || -> Result<_, Error> {
+/// Reads instance `id`'s table and sysctls inside its namespace `ns`, and with `address`, also
+/// whether the inner end of its veth pair is in place (the host end is checked from the host).
+fn observe_inside(
+    net: &Network,
+    id: &str,
+    ns: &Netns,
+    sysctls: Vec<Sysctl>,
+    address: Option<Ipv4Addr>,
+) -> Result<Inside, Error> {
+    netns::run_in(ns, || -> Result<_, Error> {
         let (table, generation) = netfilter::snapshot().map_err(|e| Error::Netfilter {
-            ns: id.clone(),
+            ns: id.to_string(),
             source: e,
         })?;
+        let inner_wired = match address {
+            Some(address) => runtime::inner_end_in_place(net, id, address, ns)?,
+            None => false,
+        };
         Ok(Inside {
             table,
             generation,
             sysctls: read_sysctls(&sysctls),
+            inner_wired,
         })
     })?
 }
@@ -100,18 +114,42 @@ pub fn observe(
     Ok(observed)
 }
 
-/// Instances observed at once, a few at a time (see [`parallel`]).
+/// Instances observed at once, a few at a time (see [`parallel`]), each from inside its
+/// namespace; then the host ends of their veth pairs, all over one netlink connection.
 fn observe_instances(
     host: &Netns,
     net: &Network,
     rt: &Runtime,
     ids: &[(String, Option<&plan::InstanceDesired>)],
 ) -> Result<BTreeMap<String, ObservedInstance>, Error> {
-    let seen = parallel::map(ids, |(id, want)| observe_instance(host, net, rt, id, *want));
-    ids.iter()
+    let seen = parallel::map(ids, |(id, want)| observe_instance(net, rt, id, *want));
+    let mut seen: Vec<(ObservedInstance, Option<Netns>)> =
+        seen.into_iter().collect::<Result<_, _>>()?;
+    let check: Vec<(usize, (&str, Ipv4Addr, &Netns))> = (ids.iter().zip(&seen).enumerate())
+        .filter_map(|(i, ((id, want), (observed, ns)))| {
+            let (want, ns) = ((*want)?, ns.as_ref()?);
+            observed
+                .wired
+                .then_some((i, (id.as_str(), want.address, ns)))
+        })
+        .collect();
+    let host_ends = if check.is_empty() {
+        Vec::new()
+    } else {
+        let instances: Vec<_> = check.iter().map(|(_, c)| *c).collect();
+        runtime::host_ends_in_place(host, net, &instances)?
+    };
+    let host_ok: BTreeSet<usize> = (check.iter().zip(host_ends))
+        .filter_map(|((i, _), ok)| ok.then_some(*i))
+        .collect();
+    for (i, (observed, _)) in seen.iter_mut().enumerate() {
+        observed.wired &= host_ok.contains(&i);
+    }
+    Ok(ids
+        .iter()
         .zip(seen)
-        .map(|((id, _), seen)| Ok((id.clone(), seen?)))
-        .collect()
+        .map(|((id, _), (observed, _))| (id.clone(), observed))
+        .collect())
 }
 
 /// The bridge, gearnat's table and the sysctls in the host namespace.
@@ -159,32 +197,30 @@ pub fn remember_host_table(cache: &TableCache, observed: &Observed) {
     }
 }
 
-/// One instance's namespace: whether it exists, is wired (when `want` says how), and its table
-/// and sysctls.
+/// One instance's namespace: whether it exists, its table and sysctls, and (when `want` says
+/// how it should be wired) whether the inner end of its veth pair is in place; with the
+/// namespace, for checking the host end.
 fn observe_instance(
-    host: &Netns,
     net: &Network,
     rt: &Runtime,
     id: &str,
     want: Option<&plan::InstanceDesired>,
-) -> Result<ObservedInstance, Error> {
+) -> Result<(ObservedInstance, Option<Netns>), Error> {
     let found = rt.find(id)?;
     let mut seen = ObservedInstance {
         container: found.container,
         ..ObservedInstance::default()
     };
-    if let Some(ns) = found.netns {
+    if let Some(ns) = &found.netns {
         seen.netns_exists = true;
         let sysctls = want.map(|w| w.sysctls.clone()).unwrap_or_default();
-        let inside = observe_inside(id, &ns, sysctls)?;
+        let inside = observe_inside(net, id, ns, sysctls, want.map(|w| w.address))?;
         seen.table = inside.table;
         seen.generation = Some(inside.generation);
         seen.sysctls = inside.sysctls;
-        if let Some(w) = want {
-            seen.wired = rt.instance_in_place(host, net, id, w.address, &ns)?;
-        }
+        seen.wired = inside.inner_wired;
     }
-    Ok(seen)
+    Ok((seen, found.netns))
 }
 
 /// What is left to do after `plan` was carried out: the namespaces it changed are read again,

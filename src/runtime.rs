@@ -180,20 +180,6 @@ impl Runtime {
         }
     }
 
-    /// Is instance `id`, whose namespace is `ns`, wired as [`Runtime::ensure_instance`] leaves
-    /// it? Only reads.
-    pub fn instance_in_place(
-        &self,
-        host: &Netns,
-        net: &Network,
-        id: &str,
-        address: Ipv4Addr,
-        ns: &Netns,
-    ) -> Result<bool, Error> {
-        check_address(net, id, address)?;
-        wired_in_place(host, net, id, address, ns)
-    }
-
     /// Unwires the instances that go; for those marked `true`, also removes what holds them
     /// (netns: the namespace; docker: the container, all stopping side by side).
     pub fn remove_instances(
@@ -383,6 +369,62 @@ fn wired_in_place(
         link::veth_in_place(&host_if, &net.bridge, netns, INNER_IF, inner, net.gateway())
     })?
     .map_err(|source| Error::Wire {
+        id: id.to_string(),
+        bridge: net.bridge.clone(),
+        source,
+    })
+}
+
+/// Which of `instances` (id, address, namespace) have the host end of their veth pair as
+/// [`Runtime::ensure_instance`] leaves it, all read over one netlink connection of the host.
+/// The inner ends are checked from inside each instance ([`inner_end_in_place`]).
+pub fn host_ends_in_place(
+    host: &Netns,
+    net: &Network,
+    instances: &[(&str, Ipv4Addr, &Netns)],
+) -> Result<Vec<bool>, Error> {
+    let mut ends = Vec::with_capacity(instances.len());
+    for (id, address, _) in instances {
+        check_address(net, id, *address)?;
+        ends.push(veth_ends(net, id, *address));
+    }
+    let gateway = net.gateway();
+    let veths: Vec<link::Veth> = (instances.iter().zip(&ends))
+        .map(|((_, _, ns), (host_if, inner))| link::Veth {
+            host_if,
+            bridge: &net.bridge,
+            instance: ns,
+            inner_if: INNER_IF,
+            address: *inner,
+            gateway,
+        })
+        .collect();
+    in_host(host, || link::veth_host_ends_in_place(&veths))?.map_err(|source| Error::Wire {
+        id: instances.iter().map(|i| i.0).collect::<Vec<_>>().join(", "),
+        bridge: net.bridge.clone(),
+        source,
+    })
+}
+
+/// Is the inner end of instance `id`'s veth pair (in `ns`, with `address`) as
+/// [`Runtime::ensure_instance`] leaves it? Call on a thread inside `ns`.
+pub fn inner_end_in_place(
+    net: &Network,
+    id: &str,
+    address: Ipv4Addr,
+    ns: &Netns,
+) -> Result<bool, Error> {
+    check_address(net, id, address)?;
+    let (host_if, inner) = veth_ends(net, id, address);
+    let veth = link::Veth {
+        host_if: &host_if,
+        bridge: &net.bridge,
+        instance: ns,
+        inner_if: INNER_IF,
+        address: inner,
+        gateway: net.gateway(),
+    };
+    veth.inner_in_place().map_err(|source| Error::Wire {
         id: id.to_string(),
         bridge: net.bridge.clone(),
         source,
