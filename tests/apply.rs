@@ -36,6 +36,18 @@ fn seed(tag: &str) -> String {
     )
 }
 
+/// A test host and the seed's deployment with the host's tag as IdPrefix, written to a file in
+/// a folder of its own; `None` (the test is skipped) without root.
+fn seeded(tag: &str) -> Option<(TestHost, tempfile::TempDir, PathBuf)> {
+    if !require_root() {
+        return None;
+    }
+    let host = TestHost::new(tag);
+    let files = tempfile::tempdir().unwrap();
+    let file = write_file(&files, "seed.json", &seed(host.tag()));
+    Some((host, files, file))
+}
+
 fn unreachable(ns: &str, to: &str) {
     let r = tcp_request(ns, addr(to), Duration::from_secs(1));
     assert!(r.is_err(), "{ns} still reaches {to}: {r:?}");
@@ -43,14 +55,11 @@ fn unreachable(ns: &str, to: &str) {
 
 #[test]
 fn seed_public_port_and_link_carry_real_tcp() {
-    if !require_root() {
+    let Some((host, _files, file)) = seeded("ga01") else {
         return;
-    }
-    let host = TestHost::new("ga01");
+    };
     let tag = host.tag().to_string();
     let tag = tag.as_str();
-    let files = tempfile::tempdir().unwrap();
-    let file = write_file(&files, "seed.json", &seed(tag));
     let out = host.apply_ok(&file);
     assert!(
         out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")),
@@ -143,14 +152,11 @@ impl Monitor {
 
 #[test]
 fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
-    if !require_root() {
+    let Some((host, _files, file)) = seeded("ga02") else {
         return;
-    }
-    let host = TestHost::new("ga02");
+    };
     let tag = host.tag().to_string();
     let tag = tag.as_str();
-    let files = tempfile::tempdir().unwrap();
-    let file = write_file(&files, "seed.json", &seed(tag));
     host.apply_ok(&file);
     let rock = format!("{tag}rockmongo-1");
 
@@ -367,14 +373,11 @@ fn the_kernel_holds_the_golden_ruleset() {
 /// one it created is deleted.
 #[test]
 fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
-    if !require_root() {
+    let Some((host, _files, file)) = seeded("ga07") else {
         return;
-    }
-    let host = TestHost::new("ga07");
+    };
     let tag = host.tag().to_string();
     let tag = tag.as_str();
-    let files = tempfile::tempdir().unwrap();
-    let file = write_file(&files, "seed.json", &seed(tag));
     let rock = format!("{tag}rockmongo-1");
     let mongo = format!("{tag}mongodb-1");
     // The user made rockmongo-1's namespace; gearnat makes mongodb-1's.
@@ -584,14 +587,11 @@ fn the_resolved_file_follows_the_deployment() {
 /// garbage is ignored.
 #[test]
 fn the_cached_host_table_gives_way_to_any_change_in_the_kernel() {
-    if !require_root() {
+    let Some((host, _files, file)) = seeded("ga10") else {
         return;
-    }
-    let host = TestHost::new("ga10");
+    };
     let tag = host.tag().to_string();
     let tag = tag.as_str();
-    let files = tempfile::tempdir().unwrap();
-    let file = write_file(&files, "seed.json", &seed(tag));
     host.apply_ok(&file);
     let cache = host.state_dir().join("host-table.cache");
     let text = fs::read_to_string(&cache).expect("apply writes the host table cache");
