@@ -58,8 +58,7 @@ fn seed_public_port_and_link_carry_real_tcp() {
     let Some((host, _files, file)) = seeded("ga01") else {
         return;
     };
-    let tag = host.tag().to_string();
-    let tag = tag.as_str();
+    let tag = host.tag();
     let out = host.apply_ok(&file);
     assert!(
         out.contains(&format!("{tag}rockmongo-1: PortMapping: 80 -> 6060")),
@@ -155,8 +154,7 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
     let Some((host, _files, file)) = seeded("ga02") else {
         return;
     };
-    let tag = host.tag().to_string();
-    let tag = tag.as_str();
+    let tag = host.tag();
     host.apply_ok(&file);
     let rock = format!("{tag}rockmongo-1");
 
@@ -376,8 +374,7 @@ fn another_bridge_and_subnet_and_found_namespaces_are_kept() {
     let Some((host, _files, file)) = seeded("ga07") else {
         return;
     };
-    let tag = host.tag().to_string();
-    let tag = tag.as_str();
+    let tag = host.tag();
     let rock = format!("{tag}rockmongo-1");
     let mongo = format!("{tag}mongodb-1");
     // The user made rockmongo-1's namespace; gearnat makes mongodb-1's.
@@ -590,8 +587,7 @@ fn the_cached_host_table_gives_way_to_any_change_in_the_kernel() {
     let Some((host, _files, file)) = seeded("ga10") else {
         return;
     };
-    let tag = host.tag().to_string();
-    let tag = tag.as_str();
+    let tag = host.tag();
     host.apply_ok(&file);
     let cache = host.state_dir().join("host-table.cache");
     let text = fs::read_to_string(&cache).expect("apply writes the host table cache");
