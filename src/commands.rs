@@ -532,7 +532,7 @@ pub fn status(
     let cache = TableCache::new(state_dir);
     let host = Netns::current()?;
     report_coexistence(&net);
-    let host_table = netfilter::dump().map_err(|e| Error::Netfilter {
+    let (host_table, _) = reconcile::host_table(Some(&cache)).map_err(|e| Error::Netfilter {
         ns: "host".into(),
         source: e,
     })?;

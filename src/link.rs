@@ -843,7 +843,6 @@ async fn bridge(h: Handle, name: &str, gateway: Ipv4Net, mode: Mode) -> Result<b
     Ok(changed)
 }
 
-/// One instance's veth pair, as [`ensure_veth`] takes it.
 /// An instance's veth pair as [`ensure_veth`] makes it: `host_if` on `bridge` in the host,
 /// its peer `inner_if` in `instance` with `address` and a default route via `gateway`.
 pub struct Veth<'a> {

@@ -174,7 +174,9 @@ fn observe_host(
 
 /// The host's table and the generation it is true at: from `cache` when it holds the current
 /// generation, else dumped.
-fn host_table(cache: Option<&TableCache>) -> Result<(Option<ActualTable>, u32), netfilter::Error> {
+pub fn host_table(
+    cache: Option<&TableCache>,
+) -> Result<(Option<ActualTable>, u32), netfilter::Error> {
     if let Some(cache) = cache {
         let generation = netfilter::generation()?;
         let cached = table_cache::Key::here(generation)
@@ -332,12 +334,8 @@ pub fn execute(
     };
     persist(record)?;
     joined?;
-    let host_committed = match host_committed {
-        Some(committed) => committed,
-        None => commit_host(),
-    };
     let mut committed = Committed {
-        host: host_committed?,
+        host: host_committed.unwrap_or_else(commit_host)?,
         ..Committed::default()
     };
     timed("commit instances", || -> Result<(), Error> {

@@ -388,16 +388,8 @@ pub fn host_ends_in_place(
         check_address(net, id, *address)?;
         ends.push(veth_ends(net, id, *address));
     }
-    let gateway = net.gateway();
     let veths: Vec<link::Veth> = (instances.iter().zip(&ends))
-        .map(|((_, _, ns), (host_if, inner))| link::Veth {
-            host_if,
-            bridge: &net.bridge,
-            instance: ns,
-            inner_if: INNER_IF,
-            address: *inner,
-            gateway,
-        })
+        .map(|((_, _, ns), (host_if, inner))| veth_pair(net, host_if, ns, *inner))
         .collect();
     in_host(host, || link::veth_host_ends_in_place(&veths))?.map_err(|source| Error::Wire {
         id: instances.iter().map(|i| i.0).collect::<Vec<_>>().join(", "),
@@ -416,19 +408,30 @@ pub fn inner_end_in_place(
 ) -> Result<bool, Error> {
     check_address(net, id, address)?;
     let (host_if, inner) = veth_ends(net, id, address);
-    let veth = link::Veth {
-        host_if: &host_if,
+    veth_pair(net, &host_if, ns, inner)
+        .inner_in_place()
+        .map_err(|source| Error::Wire {
+            id: id.to_string(),
+            bridge: net.bridge.clone(),
+            source,
+        })
+}
+
+/// The veth pair whose ends are `host_if` and `inner` ([`veth_ends`]), into `ns`.
+fn veth_pair<'a>(
+    net: &'a Network,
+    host_if: &'a str,
+    ns: &'a Netns,
+    inner: Ipv4Net,
+) -> link::Veth<'a> {
+    link::Veth {
+        host_if,
         bridge: &net.bridge,
         instance: ns,
         inner_if: INNER_IF,
         address: inner,
         gateway: net.gateway(),
-    };
-    veth.inner_in_place().map_err(|source| Error::Wire {
-        id: id.to_string(),
-        bridge: net.bridge.clone(),
-        source,
-    })
+    }
 }
 
 /// Removes the host end of instance `id`'s veth (the kernel removes the inner end with it), and
