@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use crate::model::{Container, Deployment, InstanceNumber, Link, Proto, PublicPort};
 use crate::ruleset::Ipv4Net;
@@ -223,9 +224,9 @@ fn assign_host_ports(
     // What each of this deployment's public ports held before. Maps, not scans: a deployment
     // can have MAX_MAPPINGS of them.
     let previous: HashMap<PortKey, u16> = (cx.reservations.ports.iter())
-        .filter(|(_, h)| h.deployment == d.name)
+        .filter(|(_, h)| *h.deployment == *d.name)
         .filter_map(|(k, h)| {
-            let instance = *by_id.get(h.instance.as_str())?;
+            let instance = *by_id.get(&*h.instance)?;
             Some(((instance, k.proto, h.internal), k.port))
         })
         .collect();
@@ -253,8 +254,9 @@ fn assign_host_ports(
     // Ports given out so far in this run, and to which instance.
     let mut taken: HashMap<HostPort, InstanceNumber> =
         HashMap::with_capacity_and_hasher(previous.len(), Default::default());
-    let held_elsewhere =
-        |proto, port| (cx.reservations.port_holder(proto, port)).filter(|h| h.deployment != d.name);
+    let held_elsewhere = |proto, port| {
+        (cx.reservations.port_holder(proto, port)).filter(|h| *h.deployment != *d.name)
+    };
     let mut out = HashMap::with_capacity_and_hasher(previous.len(), Default::default());
     for (key, port) in &fixed {
         let at = HostPort {
@@ -262,7 +264,7 @@ fn assign_host_ports(
             port: *port,
         };
         let holder = match (held_elsewhere(key.1, *port), taken.get(&at)) {
-            (Some(h), _) => Some((h.deployment.clone(), h.instance.clone())),
+            (Some(h), _) => Some((h.deployment.to_string(), h.instance.to_string())),
             (None, Some(i)) => Some((d.name.clone(), ids[i].clone())),
             (None, None) => None,
         };
@@ -317,16 +319,11 @@ fn updated_reservations(
     addresses: &BTreeMap<String, Ipv4Addr>,
     host_ports: &HashMap<PortKey, u16>,
 ) -> Option<Reservations> {
-    let port_holder = |key: &PortKey| PortHolder {
-        deployment: d.name.clone(),
-        instance: ids[&key.0].clone(),
-        internal: key.2,
-    };
-    let ours = |h: &&PortHolder| h.deployment == d.name;
+    let ours = |h: &&PortHolder| *h.deployment == *d.name;
     let ports_same = saved.ports.values().filter(ours).count() == host_ports.len()
         && host_ports.iter().all(|(key, port)| {
             saved.port_holder(key.1, *port).is_some_and(|h| {
-                h.deployment == d.name && h.instance == ids[&key.0] && h.internal == key.2
+                *h.deployment == *d.name && *h.instance == *ids[&key.0] && h.internal == key.2
             })
         });
     let addresses_same = (saved.addresses.values())
@@ -344,6 +341,15 @@ fn updated_reservations(
     }
     let mut updated = saved.clone();
     updated.release(&d.name);
+    let deployment: Arc<str> = d.name.as_str().into();
+    let instances: HashMap<InstanceNumber, Arc<str>> = (ids.iter())
+        .map(|(n, id)| (*n, id.as_str().into()))
+        .collect();
+    let port_holder = |key: &PortKey| PortHolder {
+        deployment: Arc::clone(&deployment),
+        instance: Arc::clone(&instances[&key.0]),
+        internal: key.2,
+    };
     for (key, port) in host_ports {
         let at = HostPort {
             proto: key.1,

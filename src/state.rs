@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -39,11 +40,12 @@ pub enum StateError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// A host port held by one instance's public port.
+/// A host port held by one instance's public port. The names are shared by every port of the
+/// instance: 10,000 reservations then read, copy and free two names per instance, not per port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortHolder {
-    pub deployment: String,
-    pub instance: String,
+    pub deployment: Arc<str>,
+    pub instance: Arc<str>,
     pub internal: u16,
 }
 
@@ -138,12 +140,14 @@ impl From<ReservationsFile> for Reservations {
     fn from(file: ReservationsFile) -> Reservations {
         let mut ports = file.ports;
         for (deployment, instances) in file.held_ports {
+            let deployment: Arc<str> = deployment.into();
             for (instance, held) in instances {
+                let instance: Arc<str> = instance.into();
                 for (proto, pairs) in held {
                     for (port, internal) in pairs {
                         let holder = PortHolder {
-                            deployment: deployment.clone(),
-                            instance: instance.clone(),
+                            deployment: Arc::clone(&deployment),
+                            instance: Arc::clone(&instance),
                             internal,
                         };
                         ports.insert(HostPort { proto, port }, holder);
@@ -184,7 +188,7 @@ impl Reservations {
 
     /// Drops every reservation of `deployment`.
     pub fn release(&mut self, deployment: &str) {
-        self.ports.retain(|_, h| h.deployment != deployment);
+        self.ports.retain(|_, h| &*h.deployment != deployment);
         self.addresses.retain(|_, h| h.deployment != deployment);
     }
 }
@@ -463,7 +467,7 @@ mod tests {
         let back = state.reservations().unwrap();
         assert_eq!(back, r);
         assert_eq!(
-            back.port_holder(Proto::Udp, 4000).unwrap().deployment,
+            &*back.port_holder(Proto::Udp, 4000).unwrap().deployment,
             "two"
         );
         let mut released = back.clone();
@@ -487,9 +491,9 @@ mod tests {
         fs::write(&path, old).unwrap();
         let r = state.reservations().unwrap();
         let web1 = r.port_holder(Proto::Tcp, 6060).unwrap();
-        assert_eq!((web1.instance.as_str(), web1.internal), ("web-1", 80));
+        assert_eq!((&*web1.instance, web1.internal), ("web-1", 80));
         let web2 = r.port_holder(Proto::Udp, 5353).unwrap();
-        assert_eq!((web2.instance.as_str(), web2.internal), ("web-2", 53));
+        assert_eq!((&*web2.instance, web2.internal), ("web-2", 53));
         assert_eq!(r.addresses["web-1"].address, Ipv4Addr::new(172, 31, 0, 2));
 
         state.save_reservations(&r).unwrap();
