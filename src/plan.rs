@@ -147,16 +147,21 @@ pub fn desired(resolved: &Resolved, net: &NetworkConfig) -> Desired {
         deployment: resolved.deployment.clone(),
         host_layout: Layout::Host { pool: net.pool },
         host_elements,
-        host_sysctls: vec![
-            // Instances are reached by forwarding from the host's interfaces.
-            Sysctl {
-                key: "net.ipv4.ip_forward".into(),
-                value: "1".into(),
-            },
-            route_localnet(&net.bridge),
-        ],
+        host_sysctls: host_sysctls(&net.bridge),
         instances,
     }
+}
+
+/// The host's sysctls for instances on `bridge`.
+pub fn host_sysctls(bridge: &str) -> Vec<Sysctl> {
+    vec![
+        // Instances are reached by forwarding from the host's interfaces.
+        Sysctl {
+            key: "net.ipv4.ip_forward".into(),
+            value: "1".into(),
+        },
+        route_localnet(bridge),
+    ]
 }
 
 /// What the kernel holds now, as far as one deployment is concerned.

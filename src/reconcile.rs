@@ -14,7 +14,7 @@ use crate::plan::{
 };
 use crate::ruleset::{ActualTable, Element};
 use crate::runtime::{self, Network, Runtime};
-use crate::state::DeploymentRecord;
+use crate::state::{DeploymentRecord, Probe};
 use crate::table_cache::{self, TableCache};
 use crate::timing::timed;
 use crate::{link, parallel, report, Error};
@@ -35,7 +35,7 @@ fn observe_inside(
     net: &Network,
     id: &str,
     ns: &Netns,
-    sysctls: Vec<Sysctl>,
+    sysctls: &[String],
     address: Option<Ipv4Addr>,
 ) -> Result<Inside, Error> {
     netns::run_in(ns, || -> Result<_, Error> {
@@ -50,29 +50,115 @@ fn observe_inside(
         Ok(Inside {
             table,
             generation,
-            sysctls: read_sysctls(&sysctls),
+            sysctls: read_sysctls(sysctls),
             inner_wired,
         })
     })?
 }
 
-/// Current values of `want`'s keys in the calling thread's namespace; missing keys (an
+/// Current values of the sysctls `keys` in the calling thread's namespace; missing keys (an
 /// interface that does not exist yet) are left out.
-fn read_sysctls(want: &[Sysctl]) -> BTreeMap<String, String> {
-    want.iter()
-        .filter_map(|s| {
-            link::sysctl_get(&s.key)
+fn read_sysctls(keys: &[String]) -> BTreeMap<String, String> {
+    keys.iter()
+        .filter_map(|key| {
+            link::sysctl_get(key)
                 .ok()
-                .map(|v| (s.key.clone(), v.trim().to_string()))
+                .map(|v| (key.clone(), v.trim().to_string()))
         })
         .collect()
+}
+
+fn keys(sysctls: &[Sysctl]) -> Vec<String> {
+    sysctls.iter().map(|s| s.key.clone()).collect()
+}
+
+/// How instance `id` is observed when the deployment wants `want` of it (`None`: it is only
+/// to be removed, so only its namespace and table matter).
+fn probe(id: &str, want: Option<&plan::InstanceDesired>) -> Probe {
+    Probe {
+        id: id.to_string(),
+        address: want.map(|w| w.address),
+        sysctls: want.map(|w| keys(&w.sysctls)).unwrap_or_default(),
+    }
+}
+
+/// How `desired`'s instances are observed, for the record (see [`observe_ahead`]).
+pub fn probes(desired: &Desired) -> Vec<Probe> {
+    (desired.instances.iter())
+        .map(|i| probe(&i.id, Some(i)))
+        .collect()
+}
+
+/// What an apply reads of the kernel before it has read its file: the host, and each instance
+/// the way the last apply observed it ([`DeploymentRecord::probes`]). [`observe`] keeps what
+/// the file turns out to ask for and reads the rest.
+pub struct Ahead {
+    host: Result<Observed, Error>,
+    /// The host sysctls `host` read.
+    host_sysctls: Vec<String>,
+    instances: Result<BTreeMap<String, (Probe, ObservedInstance)>, Error>,
+}
+
+/// Observes the host and `probes` (see [`Ahead`]), the way [`observe`] does.
+pub fn observe_ahead(
+    host: &Netns,
+    net: &Network,
+    rt: &Runtime,
+    probes: &[Probe],
+    cache: &TableCache,
+) -> Ahead {
+    let host_sysctls = keys(&plan::host_sysctls(&net.bridge));
+    std::thread::scope(|scope| {
+        let instances = scope.spawn(|| observe_instances(host, net, rt, probes));
+        let mut observed = Observed::default();
+        let host_seen = observe_host(host, net, &host_sysctls, Some(cache), &mut observed);
+        let instances = instances
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ahead {
+            host: host_seen.map(|()| observed),
+            host_sysctls,
+            instances: instances.map(|mut seen| {
+                (probes.iter())
+                    .filter_map(|p| Some((p.id.clone(), (p.clone(), seen.remove(&p.id)?))))
+                    .collect()
+            }),
+        }
+    })
+}
+
+impl Ahead {
+    /// The host as read ahead, when it read all of `sysctls`; narrowed to them.
+    fn host(&mut self, sysctls: &[String]) -> Option<Observed> {
+        if !sysctls.iter().all(|k| self.host_sysctls.contains(k)) {
+            return None;
+        }
+        let mut host = std::mem::replace(&mut self.host, Ok(Observed::default())).ok()?;
+        host.host_sysctls.retain(|k, _| sysctls.contains(k));
+        Some(host)
+    }
+
+    /// Instance `want.id` as read ahead, when that read all `want` reads; narrowed to it.
+    fn instance(&mut self, want: &Probe) -> Option<ObservedInstance> {
+        let instances = self.instances.as_mut().ok()?;
+        let (had, mut seen) = instances.remove(&want.id)?;
+        if !had.covers(want) {
+            return None;
+        }
+        if want.address.is_none() {
+            seen.wired = false;
+        }
+        seen.sysctls.retain(|k, _| want.sysctls.contains(k));
+        Some(seen)
+    }
 }
 
 /// Reads everything the plan depends on: the host's table and sysctls, and for every instance
 /// the deployment has or had, its namespace, wiring, table and sysctls.
 ///
 /// With `cache`, the host's table is taken from it when the ruleset has not moved since it was
-/// written (see [`table_cache`]), and dumped otherwise.
+/// written (see [`table_cache`]), and dumped otherwise. With `ahead`, what it read and still
+/// holds is not read again.
 pub fn observe(
     host: &Netns,
     net: &Network,
@@ -80,26 +166,48 @@ pub fn observe(
     desired: Option<&Desired>,
     record: &[String],
     cache: Option<&TableCache>,
+    ahead: Option<Ahead>,
 ) -> Result<Observed, Error> {
-    let mut ids: Vec<(String, Option<&plan::InstanceDesired>)> = Vec::new();
+    let mut wanted: Vec<Probe> = Vec::new();
     if let Some(d) = desired {
-        ids.extend(d.instances.iter().map(|i| (i.id.clone(), Some(i))));
+        wanted.extend(d.instances.iter().map(|i| probe(&i.id, Some(i))));
     }
-    ids.extend(record.iter().map(|id| (id.clone(), None)));
+    wanted.extend(record.iter().map(|id| probe(id, None)));
     let mut unique = BTreeSet::new();
-    ids.retain(|(id, _)| unique.insert(id.clone()));
+    wanted.retain(|p| unique.insert(p.id.clone()));
+    let host_sysctls = desired.map(|d| keys(&d.host_sysctls)).unwrap_or_default();
+
+    let mut known = BTreeMap::new();
+    let mut host_known = None;
+    if let Some(mut ahead) = ahead {
+        host_known = ahead.host(&host_sysctls);
+        wanted.retain(|p| match ahead.instance(p) {
+            Some(seen) => {
+                known.insert(p.id.clone(), seen);
+                false
+            }
+            None => true,
+        });
+    }
     // The host's dump (10,000 elements: about 12 ms, mostly the kernel's) overlaps the
     // instances' reads. The scoped thread starts in the calling thread's namespace, the host.
     let mut observed = Observed::default();
     let instances = std::thread::scope(|scope| {
-        let instances = scope.spawn(|| observe_instances(host, net, rt, &ids));
-        let host_seen = observe_host(host, net, desired, cache, &mut observed);
+        let instances = scope.spawn(|| observe_instances(host, net, rt, &wanted));
+        let host_seen = match host_known {
+            Some(seen) => {
+                observed = seen;
+                Ok(())
+            }
+            None => observe_host(host, net, &host_sysctls, cache, &mut observed),
+        };
         let instances = instances
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         host_seen.and(instances)
     })?;
-    observed.instances = instances;
+    known.extend(instances);
+    observed.instances = known;
     if let Some(unowned) = observed
         .host_table
         .as_ref()
@@ -120,17 +228,18 @@ fn observe_instances(
     host: &Netns,
     net: &Network,
     rt: &Runtime,
-    ids: &[(String, Option<&plan::InstanceDesired>)],
+    probes: &[Probe],
 ) -> Result<BTreeMap<String, ObservedInstance>, Error> {
-    let seen = parallel::map(ids, |(id, want)| observe_instance(net, rt, id, *want));
+    if probes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let seen = parallel::map(probes, |p| observe_instance(net, rt, p));
     let mut seen: Vec<(ObservedInstance, Option<Netns>)> =
         seen.into_iter().collect::<Result<_, _>>()?;
-    let check: Vec<(usize, (&str, Ipv4Addr, &Netns))> = (ids.iter().zip(&seen).enumerate())
-        .filter_map(|(i, ((id, want), (observed, ns)))| {
-            let (want, ns) = ((*want)?, ns.as_ref()?);
-            observed
-                .wired
-                .then_some((i, (id.as_str(), want.address, ns)))
+    let check: Vec<(usize, (&str, Ipv4Addr, &Netns))> = (probes.iter().zip(&seen).enumerate())
+        .filter_map(|(i, (p, (observed, ns)))| {
+            let (address, ns) = (p.address?, ns.as_ref()?);
+            observed.wired.then_some((i, (p.id.as_str(), address, ns)))
         })
         .collect();
     let host_ends = if check.is_empty() {
@@ -145,10 +254,10 @@ fn observe_instances(
     for (i, (observed, _)) in seen.iter_mut().enumerate() {
         observed.wired &= host_ok.contains(&i);
     }
-    Ok(ids
+    Ok(probes
         .iter()
         .zip(seen)
-        .map(|((id, _), (observed, _))| (id.clone(), observed))
+        .map(|(p, (observed, _))| (p.id.clone(), observed))
         .collect())
 }
 
@@ -156,11 +265,10 @@ fn observe_instances(
 fn observe_host(
     host: &Netns,
     net: &Network,
-    desired: Option<&Desired>,
+    host_sysctls: &[String],
     cache: Option<&TableCache>,
     observed: &mut Observed,
 ) -> Result<(), Error> {
-    let host_sysctls = desired.map(|d| d.host_sysctls.clone()).unwrap_or_default();
     observed.bridge_ready = runtime::bridge_in_place(host, net)?;
     let (table, generation) = host_table(cache).map_err(|e| Error::Netfilter {
         ns: "host".into(),
@@ -168,7 +276,7 @@ fn observe_host(
     })?;
     observed.host_table = table;
     observed.host_generation = Some(generation);
-    observed.host_sysctls = read_sysctls(&host_sysctls);
+    observed.host_sysctls = read_sysctls(host_sysctls);
     Ok(())
 }
 
@@ -199,15 +307,15 @@ pub fn remember_host_table(cache: &TableCache, observed: &Observed) {
     }
 }
 
-/// One instance's namespace: whether it exists, its table and sysctls, and (when `want` says
-/// how it should be wired) whether the inner end of its veth pair is in place; with the
-/// namespace, for checking the host end.
+/// One instance's namespace: whether it exists, its table and sysctls, and (when the probe has
+/// an address) whether the inner end of its veth pair is in place; with the namespace, for
+/// checking the host end.
 fn observe_instance(
     net: &Network,
     rt: &Runtime,
-    id: &str,
-    want: Option<&plan::InstanceDesired>,
+    probe: &Probe,
 ) -> Result<(ObservedInstance, Option<Netns>), Error> {
+    let id = probe.id.as_str();
     let found = rt.find(id)?;
     let mut seen = ObservedInstance {
         container: found.container,
@@ -215,8 +323,7 @@ fn observe_instance(
     };
     if let Some(ns) = &found.netns {
         seen.netns_exists = true;
-        let sysctls = want.map(|w| w.sysctls.clone()).unwrap_or_default();
-        let inside = observe_inside(net, id, ns, sysctls, want.map(|w| w.address))?;
+        let inside = observe_inside(net, id, ns, &probe.sysctls, probe.address)?;
         seen.table = inside.table;
         seen.generation = Some(inside.generation);
         seen.sysctls = inside.sysctls;
@@ -248,7 +355,7 @@ pub fn read_back(
         before.bridge_ready = runtime::bridge_in_place(host, net)?;
     }
     if !plan.host.sysctls.is_empty() {
-        before.host_sysctls = read_sysctls(&desired.host_sysctls);
+        before.host_sysctls = read_sysctls(&keys(&desired.host_sysctls));
     }
     if let Some(generation) = committed.host {
         before.host_table = ActualTable::after(before.host_table.as_ref(), &plan.host.table);
@@ -262,7 +369,7 @@ pub fn read_back(
         before.host_table = table;
         before.host_generation = Some(generation);
     }
-    let mut changed: Vec<(String, Option<&plan::InstanceDesired>)> = Vec::new();
+    let mut changed: Vec<Probe> = Vec::new();
     for inst in &desired.instances {
         let ns_plan = plan.instances.get(&inst.id);
         let table_only = ns_plan.is_some_and(|p| p.sysctls.is_empty());
@@ -274,7 +381,7 @@ pub fn read_back(
                 seen.table = ActualTable::after(seen.table.as_ref(), &p.table);
             }
         } else if plan.wiring.contains_key(&inst.id) || ns_plan.is_some() {
-            changed.push((inst.id.clone(), Some(inst)));
+            changed.push(probe(&inst.id, Some(inst)));
         }
     }
     before
@@ -529,7 +636,7 @@ pub fn plan_apply(
     record: &DeploymentRecord,
     cache: Option<&TableCache>,
 ) -> Result<Plan, Error> {
-    Ok(observe_and_plan(host, net, rt, desired, record, cache)?.1)
+    Ok(observe_and_plan(host, net, rt, desired, record, cache, None)?.1)
 }
 
 /// [`plan_apply`], also returning what was observed (for [`read_back`]).
@@ -540,8 +647,17 @@ pub fn observe_and_plan(
     desired: &Desired,
     record: &DeploymentRecord,
     cache: Option<&TableCache>,
+    ahead: Option<Ahead>,
 ) -> Result<(Observed, Plan), Error> {
-    let observed = observe(host, net, rt, Some(desired), &record.instances, cache)?;
+    let observed = observe(
+        host,
+        net,
+        rt,
+        Some(desired),
+        &record.instances,
+        cache,
+        ahead,
+    )?;
     let plan = diff_against(desired, &observed, record);
     Ok((observed, plan))
 }

@@ -212,6 +212,30 @@ pub struct DeploymentRecord {
     /// find that they did not change. Only a cache: a digest that differs rewrites the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_digest: Option<String>,
+    /// How the last apply observed each instance: the next one observes the same while it
+    /// still reads the file, and keeps what the file turns out to ask for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<Probe>,
+}
+
+/// What observing one instance reads: its namespace and table always; with `address`, whether
+/// its veth pair is in place for that address; and the sysctls named.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<String>,
+}
+
+impl Probe {
+    /// Whether what `self` reads includes all that `other` reads.
+    pub fn covers(&self, other: &Probe) -> bool {
+        self.id == other.id
+            && other.address.is_none_or(|a| self.address == Some(a))
+            && other.sysctls.iter().all(|k| self.sysctls.contains(k))
+    }
 }
 
 /// A state directory made before gearnat (mode 0700 applies only to what it creates) may be
@@ -288,6 +312,21 @@ impl StateDir {
         })
     }
 
+    /// Locks the state directory at `path` when it exists and no other gearnat holds it;
+    /// creates nothing and never waits.
+    pub fn lock_if_free(path: &Path) -> Option<StateDir> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path.join("lock"))
+            .ok()?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+        warn_if_open(path);
+        Some(StateDir {
+            path: path.to_path_buf(),
+            _lock: Some(lock),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -312,7 +351,7 @@ impl StateDir {
     }
 
     pub fn save_reservations(&self, r: &Reservations) -> Result<(), StateError> {
-        write_json(&self.reservations_path(), r, Layout::Compact, IfSame::Keep)
+        write_json(&self.reservations_path(), r, Layout::Compact)
     }
 
     pub fn record(&self, name: &str) -> Result<Option<DeploymentRecord>, StateError> {
@@ -320,22 +359,24 @@ impl StateDir {
     }
 
     pub fn save_record(&self, record: &DeploymentRecord) -> Result<(), StateError> {
-        write_json(
-            &self.record_path(&record.name),
-            record,
-            Layout::Pretty,
-            IfSame::Keep,
-        )
+        write_json(&self.record_path(&record.name), record, Layout::Pretty)
     }
 
-    /// Writes geard's output file of deployment `name`; the caller knows it changed.
-    pub fn save_resolved(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
-        write_json(
-            &self.resolved_path(name),
-            value,
-            Layout::Pretty,
-            IfSame::Rewrite,
-        )
+    /// The reservations, written beside their file until [`Prepared::commit`].
+    pub fn prepare_reservations(&self, r: &Reservations) -> Result<Prepared, StateError> {
+        let path = self.reservations_path();
+        write_synced(&path, &render(&path, r, Layout::Compact)?)
+    }
+
+    /// geard's output file of deployment `name`, written beside it until [`Prepared::commit`];
+    /// the caller knows it changed.
+    pub fn prepare_resolved(
+        &self,
+        name: &str,
+        value: &impl Serialize,
+    ) -> Result<Prepared, StateError> {
+        let path = self.resolved_path(name);
+        write_synced(&path, &render(&path, value, Layout::Pretty)?)
     }
 
     /// Forgets a deployment: its record and its resolved file.
@@ -370,6 +411,46 @@ impl StateDir {
     }
 }
 
+/// A state file written and synced beside its place, not yet in it: [`Prepared::commit`] renames
+/// it into place, and dropping it uncommitted removes it, leaving the old file as it was. An
+/// apply writes its large files (10,000 ports: 1.5 MB) this way while the kernel is read and
+/// changed, and only renames them once the change went in.
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+impl Prepared {
+    /// Renames the file into place, durably (see [`write_json`]).
+    pub fn commit(mut self) -> Result<(), StateError> {
+        self.done = true;
+        fs::rename(&self.tmp, &self.path)
+            .and_then(|()| sync_dir(&self.path))
+            .map_err(|source| StateError::Write {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
+    }
+}
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
@@ -397,37 +478,38 @@ enum Layout {
     Compact,
 }
 
-/// Whether a file that already holds the bytes to write is left alone: they are read and
-/// compared first, which costs far less than the two fsyncs of a write (an unchanged re-apply).
-/// A caller that knows the content changed skips the read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IfSame {
-    Keep,
-    Rewrite,
-}
-
 /// Writes `value` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
 /// the directory (rename(2) is atomic within a file system; the directory fsync makes the
-/// rename itself durable).
-fn write_json<T: Serialize>(
-    path: &Path,
-    value: &T,
-    layout: Layout,
-    if_same: IfSame,
-) -> Result<(), StateError> {
-    let err = |source: io::Error| StateError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+/// rename itself durable). A file that already holds those bytes is left alone: reading and
+/// comparing costs far less than the two fsyncs of a write (an unchanged re-apply).
+fn write_json<T: Serialize>(path: &Path, value: &T, layout: Layout) -> Result<(), StateError> {
+    let text = render(path, value, layout)?;
+    if fs::read(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    write_synced(path, &text)?.commit()
+}
+
+/// `value` as the text of the state file `path`.
+fn render<T: Serialize>(path: &Path, value: &T, layout: Layout) -> Result<Vec<u8>, StateError> {
     let text = match layout {
         Layout::Pretty => serde_json::to_vec_pretty(value),
         Layout::Compact => serde_json::to_vec(value),
     };
-    let mut text = text.map_err(|e| err(io::Error::other(e)))?;
+    let mut text = text.map_err(|e| StateError::Write {
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
     text.push(b'\n');
-    if if_same == IfSame::Keep && fs::read(path).is_ok_and(|old| old == text) {
-        return Ok(());
-    }
+    Ok(text)
+}
+
+/// `text` written and synced to a temporary file beside `path`.
+fn write_synced(path: &Path, text: &[u8]) -> Result<Prepared, StateError> {
+    let err = |source: io::Error| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut file = OpenOptions::new()
         .create(true)
@@ -436,13 +518,14 @@ fn write_json<T: Serialize>(
         .mode(0o600)
         .open(&tmp)
         .map_err(err)?;
-    file.write_all(&text).map_err(err)?;
+    let prepared = Prepared {
+        tmp,
+        path: path.to_path_buf(),
+        done: false,
+    };
+    file.write_all(text).map_err(err)?;
     file.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(())
+    Ok(prepared)
 }
 
 #[cfg(test)]
