@@ -10,7 +10,8 @@
 use std::fs;
 use std::path::Path;
 
-use crate::netfilter::{self, ForwardChain};
+use crate::firewall::Chains;
+use crate::netfilter::ForwardChain;
 use crate::ruleset::Ipv4Net;
 
 /// The rule gearnat asks other forward chains to hold before their drops: it lets through the
@@ -18,10 +19,9 @@ use crate::ruleset::Ipv4Net;
 const DNAT_ACCEPT: &str = "ct status dnat accept";
 
 /// Every finding in the calling thread's network namespace, one sentence each.
-pub fn findings(pool: Ipv4Net, bridge: &str) -> Vec<String> {
+pub fn findings(pool: Ipv4Net, bridge: &str, chains: &Chains) -> Vec<String> {
     let mut out = Vec::new();
-    let chains = netfilter::forward_chains();
-    match &chains {
+    match chains {
         Ok(chains) => out.extend(chains.iter().filter(|c| c.may_drop()).map(forward_drop)),
         Err(e) => out.push(format!(
             "could not read the other nftables tables ({e}); a drop on the forward hook there \

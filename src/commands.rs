@@ -251,6 +251,9 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
             )
         })?;
 
+        // Read before any batch: a netfilter socket closed after a batch that removed
+        // something waits for the kernel to free it (see `netfilter::commit`).
+        let chains = timed("other tables", netfilter::forward_chains);
         timed("print plan", || {
             print_plan(args.output.output, &plan, &net, resolved)
         });
@@ -262,8 +265,10 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         };
         if plan.is_empty() {
             reconcile::remember_host_table(&cache, &observed);
-            timed("firewalls", || firewall_pass(&net, args.output.output))?;
-            timed("coexistence", || report_coexistence(&net));
+            timed("firewalls", || {
+                firewall_pass(&net, args.output.output, &chains)
+            })?;
+            timed("coexistence", || report_coexistence(&net, &chains));
             timed("save state", || -> Result<(), Error> {
                 commit_reservations()?;
                 save_resolved(state, record, args, &desired, joined(output_file)?)
@@ -290,17 +295,17 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
                 (&plan, &committed),
             )
         })?;
-        // Saved before the firewall probes: their netfilter sockets would otherwise wait at
-        // close for the kernel to free what the batch removed (see `netfilter::commit`). The
-        // cache is written meanwhile: at 10,000 mappings it takes a few milliseconds.
+        // The cache is written meanwhile: at 10,000 mappings it takes a few milliseconds.
         std::thread::scope(|scope| {
             scope.spawn(|| reconcile::remember_host_table(&cache, &observed));
             timed("save state", || {
                 save_resolved(state, record, args, &desired, joined(output_file)?)
             })
         })?;
-        timed("firewalls", || firewall_pass(&net, args.output.output))?;
-        timed("coexistence", || report_coexistence(&net));
+        timed("firewalls", || {
+            firewall_pass(&net, args.output.output, &chains)
+        })?;
+        timed("coexistence", || report_coexistence(&net, &chains));
         if args.output.output == Output::Text {
             say!("applied in {} ms; read back: in sync", applied.as_millis());
             say_part!("{}", report::mapping_lines(resolved));
@@ -358,12 +363,12 @@ fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// Other netfilter users that will affect gearnat's traffic, one warning each on stderr. What
 /// gearnat itself let through (Docker's FORWARD policy through DOCKER-USER, firewalld's trusted
 /// zone) is not reported.
-fn report_coexistence(net: &Network) {
-    let findings = crate::coexist::findings(net.pool, &net.bridge);
+fn report_coexistence(net: &Network, chains: &firewall::Chains) {
+    let findings = crate::coexist::findings(net.pool, &net.bridge, chains);
     if findings.is_empty() {
         return;
     }
-    let passes = firewall::passes(&net.bridge);
+    let passes = firewall::passes(&net.bridge, chains);
     for finding in findings {
         let handled = (passes.iptables_forward
             && finding.starts_with("table ip filter chain FORWARD "))
@@ -375,8 +380,12 @@ fn report_coexistence(net: &Network) {
 }
 
 /// Lets the bridge's forwarded traffic through the host's other firewalls, saying what it did.
-pub(crate) fn firewall_pass(net: &Network, output: Output) -> Result<(), Error> {
-    for line in firewall::ensure(&net.bridge)? {
+pub(crate) fn firewall_pass(
+    net: &Network,
+    output: Output,
+    chains: &firewall::Chains,
+) -> Result<(), Error> {
+    for line in firewall::ensure(&net.bridge, chains)? {
         match output {
             Output::Text => say!("{line}"),
             Output::Json => log::warn!("{line}"),
@@ -644,7 +653,7 @@ pub fn status(
     let state = StateDir::read_only(state_dir);
     let cache = TableCache::new(state_dir);
     let host = Netns::current()?;
-    report_coexistence(&net);
+    report_coexistence(&net, &netfilter::forward_chains());
     let (host_table, _) = reconcile::host_table(Some(&cache)).map_err(|e| Error::Netfilter {
         ns: "host".into(),
         source: e,

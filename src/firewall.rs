@@ -33,6 +33,7 @@ use std::io;
 use std::process::{Command, Output};
 
 use crate::coexist;
+use crate::netfilter::ForwardChain;
 
 /// The comment on every iptables rule gearnat adds.
 pub const COMMENT: &str = "gearnat";
@@ -57,16 +58,20 @@ pub struct Found {
     pub firewalld: bool,
 }
 
-/// Looks at iptables' FORWARD chain and firewalld. A missing tool means that firewall is
-/// absent.
-pub fn detect() -> Found {
+/// The other tables' forward-hook chains, read once by a command (`netfilter::forward_chains`)
+/// and handed to everything here that decides from them.
+pub type Chains = Result<Vec<ForwardChain>, crate::netfilter::Error>;
+
+/// Looks at iptables' FORWARD chain and firewalld (`chains`: see [`Chains`]). A missing tool
+/// means that firewall is absent.
+pub fn detect(chains: &Chains) -> Found {
     let forward = run_quiet("iptables", &["-w", "-S", "FORWARD"]);
     let forward_drop = forward
         .as_ref()
         .is_some_and(|o| o.status.success() && policy_drops(&String::from_utf8_lossy(&o.stdout)));
     let docker_user =
         run_quiet("iptables", &["-w", "-S", DOCKER_USER]).is_some_and(|o| o.status.success());
-    let firewalld = firewalld_here()
+    let firewalld = firewalld_here(chains)
         && run_quiet("firewall-cmd", &["--state"]).is_some_and(|o| o.status.success());
     Found {
         forward_drop,
@@ -80,19 +85,17 @@ pub fn detect() -> Found {
 /// table, or firewalld's table or pid file. Running `iptables` costs milliseconds and
 /// `firewall-cmd` (Python) a few hundred, on every apply; most hosts without Docker or
 /// firewalld need none of it.
-fn may_need_passing() -> bool {
-    let chains = crate::netfilter::forward_chains();
+fn may_need_passing(chains: &Chains) -> bool {
     let forward_drop = chains.as_ref().map_or(true, |chains| {
         chains
             .iter()
             .any(|c| is_iptables_forward(c) && c.policy_drop)
     });
-    let firewalld = coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some();
-    forward_drop || iptables_legacy_loaded() || firewalld
+    forward_drop || iptables_legacy_loaded() || firewalld_here(chains)
 }
 
 /// iptables-nft's FORWARD chain (`table ip filter`), where gearnat's iptables rules go.
-fn is_iptables_forward(c: &crate::netfilter::ForwardChain) -> bool {
+fn is_iptables_forward(c: &ForwardChain) -> bool {
     c.family == "ip" && c.table == "filter" && c.chain == "FORWARD"
 }
 
@@ -103,9 +106,8 @@ fn iptables_legacy_loaded() -> bool {
 }
 
 /// Whether a firewalld is seen in this network namespace (see `coexist::firewalld_here`).
-fn firewalld_here() -> bool {
-    let chains = crate::netfilter::forward_chains().unwrap_or_default();
-    coexist::firewalld_here(&chains).is_some()
+fn firewalld_here(chains: &Chains) -> bool {
+    coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some()
 }
 
 /// `-P FORWARD DROP` in `iptables -S FORWARD` output.
@@ -136,11 +138,11 @@ fn rules(bridge: &str) -> [Vec<String>; 2] {
 
 /// Makes `bridge`'s forwarded traffic pass the host's firewalls. Returns one line per thing
 /// done, for the user; nothing when all was in place already.
-pub fn ensure(bridge: &str) -> Result<Vec<String>, Error> {
-    if !may_need_passing() {
+pub fn ensure(bridge: &str, chains: &Chains) -> Result<Vec<String>, Error> {
+    if !may_need_passing(chains) {
         return Ok(Vec::new());
     }
-    let found = detect();
+    let found = detect(chains);
     let mut done = Vec::new();
     if found.forward_drop && found.docker_user {
         let chain = DOCKER_USER;
@@ -182,12 +184,12 @@ pub struct Passes {
     pub firewalld: bool,
 }
 
-pub fn passes(bridge: &str) -> Passes {
+pub fn passes(bridge: &str, chains: &Chains) -> Passes {
     Passes {
         iptables_forward: rules(bridge)
             .iter()
             .all(|rule| iptables_has(DOCKER_USER, rule)),
-        firewalld: firewalld_here() && firewalld_zone(bridge).is_some(),
+        firewalld: firewalld_here(chains) && firewalld_zone(bridge).is_some(),
     }
 }
 
@@ -201,7 +203,7 @@ pub fn remove(bridge: &str) -> Result<Vec<String>, Error> {
         .as_ref()
         .map_or(true, |chains| chains.iter().any(is_iptables_forward))
         || iptables_legacy_loaded();
-    let firewalld = coexist::firewalld_here(chains.as_deref().unwrap_or_default()).is_some();
+    let firewalld = firewalld_here(&chains);
     let mut done = Vec::new();
     let chains_to_clean: &[&str] = if iptables_forward {
         &[DOCKER_USER, "FORWARD"]

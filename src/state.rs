@@ -592,6 +592,47 @@ mod tests {
     }
 
     #[test]
+    fn a_prepared_file_replaces_the_old_one_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::lock(dir.path(), |_| {}).unwrap();
+        let path = state.resolved_path("web");
+        fs::write(&path, "old\n").unwrap();
+        let dropped = state.prepare_resolved("web", &"new").unwrap();
+        assert!(path.with_extension("tmp").exists());
+        drop(dropped);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old\n");
+        assert!(!path.with_extension("tmp").exists());
+        state
+            .prepare_resolved("web", &"new")
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "\"new\"\n");
+        assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn a_probe_covers_another_that_reads_no_more() {
+        let probe = |address: Option<&str>, sysctls: &[&str]| Probe {
+            id: "web-1".into(),
+            address: address.map(|a| a.parse().unwrap()),
+            sysctls: sysctls.iter().map(|s| s.to_string()).collect(),
+        };
+        let full = probe(Some("10.211.0.2"), &["a", "b"]);
+        assert!(full.covers(&full));
+        assert!(full.covers(&probe(None, &[])));
+        assert!(full.covers(&probe(Some("10.211.0.2"), &["b"])));
+        assert!(!full.covers(&probe(Some("10.211.0.3"), &[])));
+        assert!(!full.covers(&probe(None, &["c"])));
+        assert!(!probe(None, &["a"]).covers(&probe(Some("10.211.0.2"), &["a"])));
+        let other = Probe {
+            id: "web-2".into(),
+            ..probe(None, &[])
+        };
+        assert!(!full.covers(&other));
+    }
+
+    #[test]
     fn state_dir_is_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

@@ -168,7 +168,7 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
     if plan.is_empty() {
         // Gearnat's iptables rules live outside its table, so no notification announces
         // their removal: every pass checks them.
-        return firewall_pass(net, Output::Text);
+        return firewall_pass(net, Output::Text, &netfilter::forward_chains());
     }
     for line in report::plan_lines(&plan, &net.bridge) {
         say!("watch: {name}: {line} ({reason})");
@@ -178,7 +178,7 @@ fn reconcile_saved(state_dir: &Path, net: &Network, name: &str, reason: &str) ->
         Ok(state.save_record(r)?)
     })?;
     state.save_record(&record_for(&desired, &record))?;
-    firewall_pass(net, Output::Text)
+    firewall_pass(net, Output::Text, &netfilter::forward_chains())
 }
 
 /// Drops from `plan` the instances whose container is stopped: nothing of theirs can be

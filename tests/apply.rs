@@ -623,3 +623,59 @@ fn the_cached_host_table_gives_way_to_any_change_in_the_kernel() {
     assert_eq!(reach(host.client_ns(), "192.0.2.1:6060"), "web");
     server.stop();
 }
+
+/// Apply reads the kernel as the last apply observed it while it parses the file (the
+/// record's probes). What it reads that way is the kernel as it is now, and an instance the
+/// file now asks more of is read again: a veth pair and a sysctl undone by hand are put back,
+/// and an instance that gains a link has its sysctl read, not taken for missing.
+#[test]
+fn what_apply_reads_ahead_is_the_kernel_now_and_gives_way_to_the_file() {
+    let Some((host, files, file)) = seeded("ga11") else {
+        return;
+    };
+    let tag = host.tag();
+    let (rock, mongo) = (format!("{tag}rockmongo-1"), format!("{tag}mongodb-1"));
+    host.apply_ok(&file);
+    let record = host.state_dir().join("deployments/seed.state.json");
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(record).unwrap()).unwrap();
+    let probes = record["probes"].to_string();
+    assert!(
+        probes.contains(&rock) && probes.contains("route_localnet"),
+        "{probes}"
+    );
+
+    let localnet = "net.ipv4.conf.eth0.route_localnet";
+    let sysctl = |ns: &str, value: &str| {
+        let out = common::exec(ns, &["sysctl", "-qw", &format!("{localnet}={value}")]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    let deleted = common::exec(&mongo, &["ip", "link", "del", "eth0"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    sysctl(&rock, "0");
+    let out = host.apply_ok(&file);
+    assert!(out.contains(&format!("+ netns {mongo} ")), "{out}");
+    assert!(
+        out.contains(&format!("~ {rock} sysctl {localnet} 0 -> 1")),
+        "{out}"
+    );
+    let server = serve_tcp(&mongo, addr("10.211.0.3:27017"), "db");
+    assert_eq!(reach(&rock, "127.0.0.1:27017"), "db");
+    server.stop();
+
+    // mongodb gains a link: its probe had no sysctl. Set by hand already, it needs no change.
+    sysctl(&mongo, "1");
+    let linked = seed(tag).replace(
+        r#""publicports":[{"internal":27017}]"#,
+        r#""publicports":[{"internal":27017}],"links":[{"to":"rockmongo"}]"#,
+    );
+    assert_ne!(linked, seed(tag));
+    let file = write_file(&files, "seed.json", &linked);
+    let out = host.apply_ok(&file);
+    assert!(
+        out.contains(&format!("+ {mongo} table ip gearnat")),
+        "{out}"
+    );
+    assert!(!out.contains(&format!("~ {mongo} sysctl")), "{out}");
+    assert!(host.apply_ok(&file).contains("in sync"));
+}

@@ -82,4 +82,15 @@ fn a_cold_apply_of_10000_ports_is_all_or_nothing() {
 
     // Not one of the 9,999 other elements got in: the table is byte for byte what it was.
     assert_eq!(nft_table(host.host_ns()), before);
+    // geard's output file, written beside its place while the kernel was changed, is gone
+    // with the failure: no output file, no temporary file.
+    let deployments = host.state_dir().join("deployments");
+    assert!(!deployments.join("big.json").exists());
+    let left: Vec<_> = fs::read_dir(&deployments)
+        .unwrap()
+        .chain(fs::read_dir(host.state_dir()).unwrap())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
