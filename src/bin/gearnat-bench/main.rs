@@ -156,6 +156,8 @@ fn split_groups(step: &Step) -> BTreeMap<&'static str, f64> {
     let dumps = get("dump host table");
     let groups = [
         ("parse+resolve", get("load file") + get("resolve")),
+        // What apply read while it parsed (state, the kernel), beyond the parse.
+        ("read ahead", get("wait for read ahead")),
         ("dumps", dumps),
         // Observing and reading back are the dumps plus the instances' wiring checks.
         (
