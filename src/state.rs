@@ -315,6 +315,9 @@ impl StateDir {
     /// Locks the state directory at `path` when it exists and no other gearnat holds it;
     /// creates nothing and never waits.
     pub fn lock_if_free(path: &Path) -> Option<StateDir> {
+        if !path.join("deployments").is_dir() {
+            return None;
+        }
         let file = OpenOptions::new()
             .write(true)
             .open(path.join("lock"))
@@ -630,6 +633,30 @@ mod tests {
             ..probe(None, &[])
         };
         assert!(!full.covers(&other));
+    }
+
+    #[test]
+    fn lock_if_free_creates_nothing_and_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        assert!(StateDir::lock_if_free(&path).is_none());
+        assert!(!path.exists());
+        let first = StateDir::lock(&path, |_| {}).unwrap();
+        assert!(StateDir::lock_if_free(&path).is_none());
+        drop(first);
+        let locked = StateDir::lock_if_free(&path).expect("a free, existing state directory");
+        let path2 = path.clone();
+        let waited = std::thread::spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _second = StateDir::lock(&path2, |_| tx.send(()).unwrap()).unwrap();
+            rx.try_recv().is_ok()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(locked);
+        assert!(
+            waited.join().unwrap(),
+            "the lock taken ahead is a real lock"
+        );
     }
 
     #[test]
