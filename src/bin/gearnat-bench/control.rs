@@ -117,6 +117,9 @@ fn gearnat_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'s
         entry.split_ms.push(split(&out.stderr));
         entry.batches = batches(&out.stderr);
         entry.max_rss_kib = entry.max_rss_kib.max(out.max_rss_kib);
+        if step == "cold apply" {
+            settle();
+        }
     }
     gearnat::netns::delete_named(&host).expect("deleting the host namespace");
     settle();
