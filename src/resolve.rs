@@ -106,8 +106,15 @@ pub fn resolve(
 ) -> Result<(Resolved, Option<Reservations>), ResolveError> {
     let ids = instance_ids(d);
     let addresses = assign_addresses(d, cx)?;
-    let host_ports = assign_host_ports(d, cx, &ids)?;
-    let reservations = updated_reservations(d, cx.reservations, &ids, &addresses, &host_ports);
+    let previous = previous_ports(d, cx.reservations, &ids);
+    let host_ports = assign_host_ports(d, cx, &ids, &previous)?;
+    let reservations = updated_reservations(
+        d,
+        cx.reservations,
+        &ids,
+        &addresses,
+        (&host_ports, &previous),
+    );
     let targets = assign_targets(d)?;
     let gateway = gateway(cx.pool);
 
@@ -211,25 +218,47 @@ fn assign_addresses(
     Ok(out)
 }
 
+/// The host port each of `d`'s public ports held before, for its instances that are still in
+/// the file. A map, not a scan: a deployment can have MAX_MAPPINGS of them.
+fn previous_ports(
+    d: &Deployment,
+    reservations: &Reservations,
+    ids: &HashMap<InstanceNumber, String>,
+) -> HashMap<PortKey, u16> {
+    let by_id: HashMap<&str, InstanceNumber> =
+        ids.iter().map(|(i, id)| (id.as_str(), *i)).collect();
+    // Every port of an instance shares its name: looked up once per instance, not per port.
+    let mut last: Option<(&Arc<str>, Option<InstanceNumber>)> = None;
+    let mut out = HashMap::default();
+    for (k, h) in &reservations.ports {
+        if *h.deployment != *d.name {
+            continue;
+        }
+        let instance = match last {
+            Some((name, n)) if Arc::ptr_eq(name, &h.instance) => n,
+            _ => {
+                let n = by_id.get(&*h.instance).copied();
+                last = Some((&h.instance, n));
+                n
+            }
+        };
+        if let Some(instance) = instance {
+            out.insert((instance, k.proto, h.internal), k.port);
+        }
+    }
+    out
+}
+
 /// Host ports, in geard's order of precedence: an explicit `external`, then a port a geard
-/// output file recorded, then the port the instance held before, then the lowest free one.
-/// The deployment's own reservations count as given back: only other deployments' hold.
+/// output file recorded, then the port the instance held before (`previous`), then the lowest
+/// free one. The deployment's own reservations count as given back: only other deployments'
+/// hold.
 fn assign_host_ports(
     d: &Deployment,
     cx: &Context,
     ids: &HashMap<InstanceNumber, String>,
+    previous: &HashMap<PortKey, u16>,
 ) -> Result<HashMap<PortKey, u16>, ResolveError> {
-    let by_id: HashMap<&str, InstanceNumber> =
-        ids.iter().map(|(i, id)| (id.as_str(), *i)).collect();
-    // What each of this deployment's public ports held before. Maps, not scans: a deployment
-    // can have MAX_MAPPINGS of them.
-    let previous: HashMap<PortKey, u16> = (cx.reservations.ports.iter())
-        .filter(|(_, h)| *h.deployment == *d.name)
-        .filter_map(|(k, h)| {
-            let instance = *by_id.get(&*h.instance)?;
-            Some(((instance, k.proto, h.internal), k.port))
-        })
-        .collect();
     let pinned: HashMap<PortKey, u16> = d
         .pinned
         .iter()
@@ -311,21 +340,21 @@ fn assign_host_ports(
 }
 
 /// The reservations with `d`'s replaced by `addresses` and `host_ports`; `None` when that
-/// changes nothing (an unchanged re-apply, checked without copying 10,000 reservations).
+/// changes nothing (an unchanged re-apply). `previous` is what `d`'s ports held before (see
+/// [`previous_ports`]): only the ports that changed are written into the copy, so one more
+/// mapping at 10,000 is one insertion, not 10,000.
 fn updated_reservations(
     d: &Deployment,
     saved: &Reservations,
     ids: &HashMap<InstanceNumber, String>,
     addresses: &BTreeMap<String, Ipv4Addr>,
-    host_ports: &HashMap<PortKey, u16>,
+    (host_ports, previous): (&HashMap<PortKey, u16>, &HashMap<PortKey, u16>),
 ) -> Option<Reservations> {
-    let ours = |h: &&PortHolder| *h.deployment == *d.name;
-    let ports_same = saved.ports.values().filter(ours).count() == host_ports.len()
-        && host_ports.iter().all(|(key, port)| {
-            saved.port_holder(key.1, *port).is_some_and(|h| {
-                *h.deployment == *d.name && *h.instance == *ids[&key.0] && h.internal == key.2
-            })
-        });
+    // Every port `d` held, also those of instances no longer in the file.
+    let held = (saved.ports.values())
+        .filter(|h| *h.deployment == *d.name)
+        .count();
+    let ports_same = held == host_ports.len() && previous == host_ports;
     let addresses_same = (saved.addresses.values())
         .filter(|h| h.deployment == d.name)
         .count()
@@ -340,29 +369,36 @@ fn updated_reservations(
         return None;
     }
     let mut updated = saved.clone();
-    updated.release(&d.name);
-    let deployment: Arc<str> = d.name.as_str().into();
-    let instances: HashMap<InstanceNumber, Arc<str>> = (ids.iter())
-        .map(|(n, id)| (*n, id.as_str().into()))
-        .collect();
-    let port_holder = |key: &PortKey| PortHolder {
-        deployment: Arc::clone(&deployment),
-        instance: Arc::clone(&instances[&key.0]),
-        internal: key.2,
-    };
-    for (key, port) in host_ports {
-        let at = HostPort {
-            proto: key.1,
-            port: *port,
-        };
-        updated.ports.insert(at, port_holder(key));
+    if !ports_same {
+        let at = |key: &PortKey, port: u16| HostPort { proto: key.1, port };
+        let wanted: HashSet<HostPort> = (host_ports.iter())
+            .map(|(key, port)| at(key, *port))
+            .collect();
+        (updated.ports).retain(|at, h| *h.deployment != *d.name || wanted.contains(at));
+        let deployment: Arc<str> = d.name.as_str().into();
+        let instances: HashMap<InstanceNumber, Arc<str>> = (ids.iter())
+            .map(|(n, id)| (*n, id.as_str().into()))
+            .collect();
+        for (key, port) in host_ports {
+            if previous.get(key) != Some(port) {
+                let holder = PortHolder {
+                    deployment: Arc::clone(&deployment),
+                    instance: Arc::clone(&instances[&key.0]),
+                    internal: key.2,
+                };
+                updated.ports.insert(at(key, *port), holder);
+            }
+        }
     }
-    for (id, address) in addresses {
-        let holder = AddressHolder {
-            deployment: d.name.clone(),
-            address: *address,
-        };
-        updated.addresses.insert(id.clone(), holder);
+    if !addresses_same {
+        updated.addresses.retain(|_, h| h.deployment != d.name);
+        for (id, address) in addresses {
+            let holder = AddressHolder {
+                deployment: d.name.clone(),
+                address: *address,
+            };
+            updated.addresses.insert(id.clone(), holder);
+        }
     }
     Some(updated)
 }
@@ -569,6 +605,88 @@ mod tests {
         };
         let (resolved, updated) = resolve(d, &cx)?;
         Ok((resolved, updated.unwrap_or_else(|| r.clone())))
+    }
+
+    /// The reservations as `resolved` leaves them, made the long way: every one of the
+    /// deployment's dropped, then all of `resolved`'s added.
+    fn rebuilt(saved: &Reservations, resolved: &Resolved) -> Reservations {
+        let mut r = saved.clone();
+        r.release(&resolved.deployment);
+        for inst in &resolved.instances {
+            for m in &inst.mappings {
+                let holder = PortHolder {
+                    deployment: resolved.deployment.as_str().into(),
+                    instance: inst.id.as_str().into(),
+                    internal: m.internal,
+                };
+                let at = HostPort {
+                    proto: m.proto,
+                    port: m.host_port,
+                };
+                r.ports.insert(at, holder);
+            }
+            let holder = AddressHolder {
+                deployment: resolved.deployment.clone(),
+                address: inst.address,
+            };
+            r.addresses.insert(inst.id.clone(), holder);
+        }
+        r
+    }
+
+    #[test]
+    fn changed_reservations_are_the_ones_rebuilt_whole() {
+        let web = |ports: Vec<PublicPort>, count, api: Vec<PublicPort>| Deployment {
+            name: "web".into(),
+            id_prefix: String::new(),
+            containers: vec![
+                container("web", count, ports, vec![]),
+                container("api", 1, api, vec![]),
+            ],
+            pinned: vec![],
+        };
+        let other = Deployment {
+            name: "other".into(),
+            id_prefix: String::new(),
+            containers: vec![container("ssh", 1, vec![port(22, None)], vec![])],
+            pinned: vec![],
+        };
+        let (_, mut saved) = run(&other, &Reservations::default()).unwrap();
+        let steps = [
+            web(
+                vec![port(80, None), port(443, None)],
+                2,
+                vec![port(8080, Some(6060))],
+            ),
+            // One port more, one gone, one moved to another host port.
+            web(
+                vec![port(80, None), port(9090, None)],
+                2,
+                vec![port(8080, Some(6061))],
+            ),
+            // An instance gone: its ports and address go with it.
+            web(
+                vec![port(80, None), port(9090, None)],
+                1,
+                vec![port(8080, Some(6061))],
+            ),
+            // Two public ports that trade places in the file keep their host ports.
+            web(
+                vec![port(9090, None), port(80, None)],
+                1,
+                vec![port(8080, Some(6061))],
+            ),
+            // An explicit port taking the host port another public port held.
+            web(vec![port(9090, None)], 1, vec![port(8080, Some(4001))]),
+        ];
+        for d in steps {
+            let (resolved, updated) = run(&d, &saved).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(updated, rebuilt(&saved, &resolved), "{:?}", d.containers);
+            assert!(updated
+                .port_holder(Proto::Tcp, 4000)
+                .is_some_and(|h| &*h.deployment == "other"));
+            saved = updated;
+        }
     }
 
     #[test]
