@@ -13,13 +13,14 @@
 //! where the dump took 7 to 14 (each 32 KiB part of a set dump walks the kernel's hash table
 //! from its start).
 
+use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
@@ -161,38 +162,105 @@ fn render(key: &Key, table: Option<&ActualTable>) -> Option<String> {
     // Names and comments written by hand may hold what would break a line; such a table is
     // not cached.
     let plain = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
-    if table.comment.as_deref().is_some_and(|c| c.contains('\n'))
-        || !table
-            .elements
-            .iter()
-            .all(|e| plain(&e.owner().deployment) && plain(&e.owner().instance))
-    {
+    if table.comment.as_deref().is_some_and(|c| c.contains('\n')) {
         return None;
     }
     let _ = writeln!(out, "comment {}", table.comment.as_deref().unwrap_or(""));
     let _ = writeln!(out, "unowned {}", table.unowned);
     let mut owners: FxHashMap<&Owner, usize> = FxHashMap::default();
+    // The elements of one instance come one after another and share its owner's names: the
+    // last owner is compared by address before the map is asked.
+    let mut last: Option<(&Owner, usize)> = None;
     for element in &table.elements {
         let owner = element.owner();
-        let next = owners.len();
-        let index = *owners.entry(owner).or_insert_with(|| {
-            let _ = writeln!(out, "o {} {}", owner.deployment, owner.instance);
-            next
-        });
-        let _ = match element {
+        let index = match last {
+            Some((seen, index)) if same_names(seen, owner) => index,
+            _ => {
+                let next = owners.len();
+                let index = match owners.entry(owner) {
+                    Entry::Occupied(known) => *known.get(),
+                    Entry::Vacant(new) => {
+                        if !plain(&owner.deployment) || !plain(&owner.instance) {
+                            return None;
+                        }
+                        let _ = writeln!(out, "o {} {}", owner.deployment, owner.instance);
+                        *new.insert(next)
+                    }
+                };
+                last = Some((owner, index));
+                index
+            }
+        };
+        match element {
             Element::Port {
                 proto,
                 host_port,
                 target,
                 ..
-            } => writeln!(out, "p {proto} {host_port} {target} {index}"),
+            } => {
+                out.push_str(if *proto == Proto::Tcp {
+                    "p tcp "
+                } else {
+                    "p udp "
+                });
+                push_number(&mut out, u32::from(*host_port));
+                out.push(' ');
+                push_address(&mut out, *target);
+            }
             Element::Link {
                 proto, dial, via, ..
-            } => writeln!(out, "l {proto} {dial} {via} {index}"),
-        };
+            } => {
+                out.push_str(if *proto == Proto::Tcp {
+                    "l tcp "
+                } else {
+                    "l udp "
+                });
+                push_address(&mut out, *dial);
+                out.push(' ');
+                push_address(&mut out, *via);
+            }
+        }
+        out.push(' ');
+        push_number(&mut out, index as u32);
+        out.push('\n');
     }
     let _ = writeln!(out, "end {}", table.elements.len());
     Some(out)
+}
+
+/// Whether two owners are the same two shared names (the elements of one instance).
+fn same_names(a: &Owner, b: &Owner) -> bool {
+    Arc::ptr_eq(&a.deployment, &b.deployment) && Arc::ptr_eq(&a.instance, &b.instance)
+}
+
+/// `n` in decimal, without the formatting machinery (the cache of 10,000 elements writes
+/// 50,000 numbers).
+fn push_number(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[at..] {
+        out.push(char::from(*d));
+    }
+}
+
+/// `a.b.c.d:port`, as `SocketAddrV4` displays it.
+fn push_address(out: &mut String, address: SocketAddrV4) {
+    for (i, octet) in address.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_number(out, u32::from(octet));
+    }
+    out.push(':');
+    push_number(out, u32::from(address.port()));
 }
 
 /// The table in `text` if it is a whole entry for `key`.
