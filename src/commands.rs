@@ -190,8 +190,12 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
     // file is parsed: the reservations, the record, and the kernel as the record says the last
     // apply observed it (10,000 mappings: about 5 ms beside about 4).
     let early = StateDir::lock_if_free(state_dir);
+    // One cache for the whole run: it remembers the entry it read, so that an unchanged table
+    // is not written back.
+    let cache = TableCache::new(state_dir);
     let (d, ahead) = std::thread::scope(|scope| {
-        let ahead = (early.as_ref()).map(|state| scope.spawn(|| read_ahead(state, args, &net)));
+        let ahead =
+            (early.as_ref()).map(|state| scope.spawn(|| read_ahead(state, args, &net, &cache)));
         let d = timed("load file", || load(args));
         (d, timed("wait for read ahead", || ahead.map(joined)))
     });
@@ -242,7 +246,6 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         let text = args.output.output == Output::Text;
         let mappings = scope.spawn(move || text.then(|| report::mapping_lines(resolved)));
         let host = Netns::current()?;
-        let cache = TableCache::new(state.path());
         let (mut observed, plan) = timed("observe", || {
             reconcile::observe_and_plan(
                 &host,
@@ -328,7 +331,7 @@ struct ReadAhead {
 
 /// Reads the reservations, the deployment's record and (see [`reconcile::observe_ahead`]) the
 /// kernel as the record's probes say the last apply observed it.
-fn read_ahead(state: &StateDir, args: &DeployArgs, net: &Network) -> ReadAhead {
+fn read_ahead(state: &StateDir, args: &DeployArgs, net: &Network, cache: &TableCache) -> ReadAhead {
     let name = (args.name.clone()).unwrap_or_else(|| deployment::name_from_path(&args.file));
     std::thread::scope(|scope| {
         let reservations = scope.spawn(|| timed("read state ahead", || state.reservations()));
@@ -341,9 +344,8 @@ fn read_ahead(state: &StateDir, args: &DeployArgs, net: &Network) -> ReadAhead {
             Ok(Some(r)) if !r.probes.is_empty() => (pick_runtime(args.runtime, Some(r)).ok())
                 .zip(Netns::current().ok())
                 .map(|(rt, host)| {
-                    let cache = TableCache::new(state.path());
                     let seen = timed("observe ahead", || {
-                        reconcile::observe_ahead(&host, net, &rt, &r.probes, &cache)
+                        reconcile::observe_ahead(&host, net, &rt, &r.probes, cache)
                     });
                     (rt, seen)
                 }),

@@ -48,6 +48,24 @@ fn seeded(tag: &str) -> Option<(TestHost, tempfile::TempDir, PathBuf)> {
     Some((host, files, file))
 }
 
+/// Every file under the state directory, with its inode and modification time: a file
+/// written again (a new file renamed into place, or rewritten) shows a change.
+fn state_files(dir: &std::path::Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for sub in [dir.to_path_buf(), dir.join("deployments")] {
+        for entry in fs::read_dir(&sub).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_file() {
+                out.push((entry.path(), meta.ino(), meta.modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn unreachable(ns: &str, to: &str) {
     let r = tcp_request(ns, addr(to), Duration::from_secs(1));
     assert!(r.is_err(), "{ns} still reaches {to}: {r:?}");
@@ -164,11 +182,18 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
         Monitor::links(host.host_ns()),
         Monitor::links(&rock),
     ];
+    let files = state_files(host.state_dir());
     let out = host.apply_ok(&file);
     assert!(out.contains("in sync"), "{out}");
     for m in monitors {
         assert_eq!(m.events(), "", "re-apply wrote to the kernel");
     }
+    // Nor a file: every state file (the table cache included) is the one it was.
+    assert_eq!(
+        state_files(host.state_dir()),
+        files,
+        "re-apply rewrote a state file"
+    );
     let out = host.run(&["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let out = host.run(&["diff", "--output", "json", file.to_str().unwrap()]);
