@@ -192,6 +192,15 @@ pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, Er
     })
 }
 
+/// Moves the calling thread into `ns`; only for a thread that ends with the work it was started
+/// for (see [`crate::parallel::OwnThread`]), which [`run_in`] then runs inline.
+pub(crate) fn enter_own_thread(ns: &Netns, _own: &crate::parallel::OwnThread) -> Result<(), Error> {
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| Error::Enter {
+        name: ns.name.clone(),
+        source,
+    })
+}
+
 /// Whether the calling thread is in `ns`.
 fn already_in(ns: &Netns) -> bool {
     match (fs::metadata("/proc/thread-self/ns/net"), ns.file.metadata()) {

@@ -233,7 +233,7 @@ fn observe_instances(
     if probes.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let seen = parallel::map(probes, |p| observe_instance(net, rt, p));
+    let seen = parallel::map_own(probes, |p, own| observe_instance(net, rt, p, own));
     let mut seen: Vec<(ObservedInstance, Option<Netns>)> =
         seen.into_iter().collect::<Result<_, _>>()?;
     let check: Vec<(usize, (&str, Ipv4Addr, &Netns))> = (probes.iter().zip(&seen).enumerate())
@@ -314,6 +314,7 @@ fn observe_instance(
     net: &Network,
     rt: &Runtime,
     probe: &Probe,
+    own: &parallel::OwnThread,
 ) -> Result<(ObservedInstance, Option<Netns>), Error> {
     let id = probe.id.as_str();
     let found = rt.find(id)?;
@@ -323,6 +324,8 @@ fn observe_instance(
     };
     if let Some(ns) = &found.netns {
         seen.netns_exists = true;
+        // Found from the host; read from inside, on this thread, which ends with this instance.
+        own.enter(ns)?;
         let inside = observe_inside(net, id, ns, &probe.sysctls, probe.address)?;
         seen.table = inside.table;
         seen.generation = Some(inside.generation);
