@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use rustc_hash::FxHashMap;
 
 use crate::model::Proto;
+use crate::report::{push_number, push_socket_addr};
 use crate::ruleset::{ActualTable, Element, Owner};
 
 const FILE: &str = "host-table.cache";
@@ -205,7 +206,7 @@ fn render(key: &Key, table: Option<&ActualTable>) -> Option<String> {
                 });
                 push_number(&mut out, u32::from(*host_port));
                 out.push(' ');
-                push_address(&mut out, *target);
+                push_socket_addr(&mut out, target);
             }
             Element::Link {
                 proto, dial, via, ..
@@ -215,9 +216,9 @@ fn render(key: &Key, table: Option<&ActualTable>) -> Option<String> {
                 } else {
                     "l udp "
                 });
-                push_address(&mut out, *dial);
+                push_socket_addr(&mut out, dial);
                 out.push(' ');
-                push_address(&mut out, *via);
+                push_socket_addr(&mut out, via);
             }
         }
         out.push(' ');
@@ -231,36 +232,6 @@ fn render(key: &Key, table: Option<&ActualTable>) -> Option<String> {
 /// Whether two owners are the same two shared names (the elements of one instance).
 fn same_names(a: &Owner, b: &Owner) -> bool {
     Arc::ptr_eq(&a.deployment, &b.deployment) && Arc::ptr_eq(&a.instance, &b.instance)
-}
-
-/// `n` in decimal, without the formatting machinery (the cache of 10,000 elements writes
-/// 50,000 numbers).
-fn push_number(out: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for d in &digits[at..] {
-        out.push(char::from(*d));
-    }
-}
-
-/// `a.b.c.d:port`, as `SocketAddrV4` displays it.
-fn push_address(out: &mut String, address: SocketAddrV4) {
-    for (i, octet) in address.ip().octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        push_number(out, u32::from(octet));
-    }
-    out.push(':');
-    push_number(out, u32::from(address.port()));
 }
 
 /// The table in `text` if it is a whole entry for `key`.
