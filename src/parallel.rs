@@ -11,25 +11,7 @@ pub const AT_ONCE: usize = 8;
 /// `f` of every item, [`AT_ONCE`] items at a time on scoped threads; the results in the items'
 /// order. A panic in `f` is passed on.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    map_own(items, |item, _| f(item))
-}
-
-/// Proof that the calling thread is one [`map_own`] started for one item, and ends with it: a
-/// thread that may enter another network namespace without the namespace leaking into other
-/// work. Not `Send`, so it stays on its thread.
-pub struct OwnThread(std::marker::PhantomData<*const ()>);
-
-impl OwnThread {
-    /// Moves the calling thread into `ns` for the rest of its item's work.
-    pub fn enter(&self, ns: &Netns) -> Result<(), netns::Error> {
-        netns::enter_own_thread(ns, self)
-    }
-}
-
-/// [`map`], where `f` may move its thread into the item's namespace ([`OwnThread::enter`]):
-/// one thread instead of a second one started inside the namespace for the item's work there.
-pub fn map_own<T: Sync, R: Send>(items: &[T], f: impl Fn(&T, &OwnThread) -> R + Sync) -> Vec<R> {
-    let f = &|item: &T| f(item, &OwnThread(std::marker::PhantomData));
+    let f = &f;
     let mut out = Vec::with_capacity(items.len());
     for group in items.chunks(AT_ONCE) {
         std::thread::scope(|scope| {
@@ -47,14 +29,73 @@ pub fn map_own<T: Sync, R: Send>(items: &[T], f: impl Fn(&T, &OwnThread) -> R + 
     out
 }
 
+/// Proof that the calling thread is one of [`map_own`]'s, which ends with its items and goes
+/// back to its own namespace between them: a thread that may enter another network namespace
+/// without the namespace leaking into other work. Not `Send`, so it stays on its thread.
+pub struct OwnThread {
+    moved: std::cell::Cell<bool>,
+    _here: std::marker::PhantomData<*const ()>,
+}
+
+impl OwnThread {
+    /// Moves the calling thread into `ns` for the rest of its item's work.
+    pub fn enter(&self, ns: &Netns) -> Result<(), netns::Error> {
+        self.moved.set(true);
+        netns::enter_own_thread(ns, self)
+    }
+}
+
+/// [`map`], where `f` may move its thread into the item's namespace ([`OwnThread::enter`]):
+/// no second thread is started inside the namespace for the item's work there. `workers`
+/// threads (at most one per item) take the items in turn; a thread that entered a namespace
+/// goes back to its own before its next item (an item whose thread cannot go back panics).
+pub fn map_own<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T, &OwnThread) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let own = OwnThread {
+            moved: std::cell::Cell::new(false),
+            _here: std::marker::PhantomData,
+        };
+        let home = Netns::current();
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return done;
+            };
+            if own.moved.replace(false) {
+                let home = home.as_ref().expect("the thread's own namespace");
+                netns::enter_own_thread(home, &own).expect("going back to the thread's namespace");
+            }
+            done.push((i, f(item, &own)));
+        }
+    };
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..workers.clamp(1, items.len().max(1)))
+            .map(|_| scope.spawn(work))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A thread of map_own's that enters a namespace is in it for its item's work, and the
-    /// caller stays where it was. Needs root (it makes a namespace); skipped otherwise.
+    /// A thread of map_own's that enters a namespace is in it for its item's work, is back in
+    /// its own for its next item, and the caller stays where it was. Needs root (it makes a
+    /// namespace); skipped otherwise.
     #[test]
-    fn an_own_thread_enters_and_the_caller_stays() {
+    fn an_own_thread_enters_for_its_item_only() {
         let made = std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
             Netns::open_path("/proc/thread-self/ns/net").ok()
@@ -66,11 +107,19 @@ mod tests {
         let here = Netns::current().unwrap().id().unwrap();
         let there = other.id().unwrap();
         assert_ne!(here, there);
-        let seen = map_own(&[1, 2, 3], |_, own| {
-            own.enter(&other).unwrap();
-            Netns::current().unwrap().id().unwrap()
-        });
-        assert_eq!(seen, vec![there; 3]);
+        let items: Vec<u32> = (0..6).collect();
+        for workers in [1, 2, 8] {
+            let seen = map_own(&items, workers, |i, own| {
+                if i % 2 == 0 {
+                    own.enter(&other).unwrap();
+                }
+                Netns::current().unwrap().id().unwrap()
+            });
+            let want: Vec<_> = (items.iter())
+                .map(|i| if i % 2 == 0 { there } else { here })
+                .collect();
+            assert_eq!(seen, want, "{workers} workers");
+        }
         assert_eq!(Netns::current().unwrap().id().unwrap(), here);
     }
 
