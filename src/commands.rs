@@ -16,7 +16,7 @@ use crate::reconcile;
 use crate::report;
 use crate::resolve::{self, Resolved};
 use crate::runtime::{self, Network, Runtime};
-use crate::state::{DeploymentRecord, Prepared, Reservations, StateDir};
+use crate::state::{DeploymentRecord, Prepared, Reservations, StateDir, StateError};
 use crate::table_cache::TableCache;
 use crate::timing::timed;
 use crate::{deployment, firewall, geard, link, netfilter, Error};
@@ -264,12 +264,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         timed("print plan", || {
             print_plan(args.output.output, &plan, &net, resolved)
         });
-        let commit_reservations = || -> Result<(), Error> {
-            match reservations_file {
-                Some(file) => Ok(joined(file)?.commit()?),
-                None => Ok(()),
-            }
-        };
+        let mut reservations_file = reservations_file;
         if plan.is_empty() {
             reconcile::remember_host_table(&cache, &observed);
             timed("firewalls", || {
@@ -277,16 +272,22 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
             })?;
             timed("coexistence", || report_coexistence(&net, &chains));
             timed("save state", || -> Result<(), Error> {
-                commit_reservations()?;
+                commit_prepared(reservations_file)?;
                 save_resolved(state, record, args, &desired, joined(output_file)?)
             })?;
             return Ok(Status::Done);
         }
+        // A new hold on a port is on disk before the kernel uses the port. Reservations that
+        // only give ports back may follow the batch (holding a port a little longer harms
+        // nothing), so a removal does not wait for their fsync.
+        let releases_only = (reservations.as_ref()).is_some_and(|r| r.within(&saved_reservations));
+        if releases_only {
+            log::debug!("the reservations only give ports back: renamed after the batch");
+        } else {
+            timed("save state", || commit_prepared(reservations_file.take()))?;
+        }
         let mut record = reconcile::intent(record, Some(&desired), &plan);
-        timed("save state", || -> Result<(), Error> {
-            commit_reservations()?;
-            Ok(state.save_record(&record)?)
-        })?;
+        timed("save state", || Ok::<_, Error>(state.save_record(&record)?))?;
         let started = Instant::now();
         let persist = |r: &DeploymentRecord| timed("save state", || Ok(state.save_record(r)?));
         let committed = reconcile::execute(&host, &net, &rt, &plan, &mut record, persist)?;
@@ -306,6 +307,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         std::thread::scope(|scope| {
             scope.spawn(|| reconcile::remember_host_table(&cache, &observed));
             timed("save state", || {
+                commit_prepared(reservations_file)?;
                 save_resolved(state, record, args, &desired, joined(output_file)?)
             })
         })?;
@@ -357,6 +359,16 @@ fn read_ahead(state: &StateDir, args: &DeployArgs, net: &Network, cache: &TableC
             observed,
         }
     })
+}
+
+/// Renames into place the state file a scoped thread prepared, if there is one.
+fn commit_prepared(
+    file: Option<std::thread::ScopedJoinHandle<'_, Result<Prepared, StateError>>>,
+) -> Result<(), Error> {
+    match file {
+        Some(file) => Ok(joined(file)?.commit()?),
+        None => Ok(()),
+    }
 }
 
 /// The result of a scoped thread; its panic is passed on.

@@ -186,6 +186,14 @@ impl Reservations {
         self.ports.get(&HostPort { proto, port })
     }
 
+    /// Whether every reservation here is one `other` holds too: `self` only gives back.
+    pub fn within(&self, other: &Reservations) -> bool {
+        self.ports.len() <= other.ports.len()
+            && self.addresses.len() <= other.addresses.len()
+            && (self.ports.iter()).all(|(at, h)| other.ports.get(at) == Some(h))
+            && (self.addresses.iter()).all(|(id, h)| other.addresses.get(id) == Some(h))
+    }
+
     /// Drops every reservation of `deployment`.
     pub fn release(&mut self, deployment: &str) {
         self.ports.retain(|_, h| &*h.deployment != deployment);
@@ -560,6 +568,12 @@ mod tests {
         released.release("one");
         assert!(released.port_holder(Proto::Tcp, 4000).is_none());
         assert!(released.port_holder(Proto::Udp, 4000).is_some());
+        // Giving back is within what was held; holding anything else is not.
+        assert!(released.within(&back) && back.within(&back));
+        assert!(!back.within(&released));
+        let mut moved = released.clone();
+        moved.ports.insert(port(Proto::Udp), holder("one"));
+        assert!(!moved.within(&back));
     }
 
     #[test]

@@ -296,6 +296,38 @@ fn reconcile_removes_exactly_what_the_file_dropped() {
     );
     let out = host.run(&["diff", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
+
+    // Only a port given back (mongodb's public port dropped): the reservations follow the
+    // batch rather than precede it, and still end up without it.
+    let reservations = || -> serde_json::Value {
+        let text = fs::read_to_string(host.state_dir().join("reservations.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let mongo = format!("{tag}mongodb-1");
+    assert!(reservations()["held_ports"]["dep"].get(&mongo).is_some());
+    let fewer = seed(tag)
+        .replace("\"links\":[{\"to\":\"mongodb\"}]", "\"links\":[]")
+        .replace("\"external\":6060", "\"external\":6070")
+        .replace(
+            "\"publicports\":[{\"internal\":27017}]",
+            "\"publicports\":[]",
+        );
+    fs::write(&file, fewer).unwrap();
+    let out = host.gearnat(["-vv", "apply", file.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("only give ports back"), "{log}");
+    let held = reservations();
+    assert!(held["held_ports"]["dep"].get(&mongo).is_none(), "{held}");
+    assert!(held["held_ports"]["dep"].get(&rock1).is_some(), "{held}");
+    assert_eq!(
+        nft_list(host.host_ns())
+            .matches("comment \"gearnat:")
+            .count(),
+        1
+    );
+    let out = host.run(&["diff", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]
