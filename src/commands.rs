@@ -19,7 +19,7 @@ use crate::runtime::{self, Network, Runtime};
 use crate::state::{DeploymentRecord, Prepared, Reservations, StateDir, StateError};
 use crate::table_cache::TableCache;
 use crate::timing::timed;
-use crate::{deployment, firewall, geard, link, netfilter, Error};
+use crate::{deployment, firewall, geard, link, netfilter, parallel, Error};
 
 pub(crate) fn network(args: &NetworkArgs) -> Network {
     Network {
@@ -235,16 +235,26 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         // read and changed, and renamed into place once it is: the reservations only when
         // resolving changed them (10,000 ports: 140 KB), geard's output file only when it
         // differs from the last one (1.5 MB).
-        let reservations_file = reservations
-            .as_ref()
-            .map(|r| scope.spawn(move || state.prepare_reservations(r)));
+        // They run at the least priority: reading the kernel and planning, until the batch,
+        // come first (a removal then ends with a wait of the kernel's, which these fill).
+        let reservations_file = reservations.as_ref().map(|r| {
+            scope.spawn(move || {
+                parallel::yield_to_others();
+                state.prepare_reservations(r)
+            })
+        });
         let written = record.resolved_digest.clone();
         let (d, resolved) = (&d, &resolved);
-        let output_file =
-            scope.spawn(move || prepare_output(state, d, resolved, written.as_deref()));
+        let output_file = scope.spawn(move || {
+            parallel::yield_to_others();
+            prepare_output(state, d, resolved, written.as_deref())
+        });
         // What a successful apply ends by printing: one line per mapping (10,000: 380 KB).
         let text = args.output.output == Output::Text;
-        let mappings = scope.spawn(move || text.then(|| report::mapping_lines(resolved)));
+        let mappings = scope.spawn(move || {
+            parallel::yield_to_others();
+            text.then(|| report::mapping_lines(resolved))
+        });
         let host = Netns::current()?;
         let (mut observed, plan) = timed("observe", || {
             reconcile::observe_and_plan(

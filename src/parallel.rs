@@ -29,6 +29,19 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     out
 }
 
+/// Lowers the calling thread's scheduling priority to the least (nice 19): for work that can
+/// wait, started beside work that cannot. On a busy machine such a thread runs on what the
+/// others leave; once they wait for it, it has the CPU to itself. Linux applies the nice value
+/// of `setpriority(PRIO_PROCESS, tid)` to that one thread.
+pub fn yield_to_others() {
+    // SAFETY: gettid and setpriority take plain values and touch no memory of ours; a failure
+    // leaves the thread's priority as it was.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
 /// Proof that the calling thread is one of [`map_own`]'s, which ends with its items and goes
 /// back to its own namespace between them: a thread that may enter another network namespace
 /// without the namespace leaking into other work. Not `Send`, so it stays on its thread.
