@@ -165,7 +165,7 @@ pub(crate) fn resolve_with(
     reservations: &Reservations,
     listening: &BTreeSet<(Proto, u16)>,
     net: &Network,
-) -> Result<(Resolved, Option<Reservations>), Error> {
+) -> Result<(Resolved, Option<resolve::Changed>), Error> {
     let cx = resolve::Context {
         reservations,
         listening,
@@ -237,10 +237,10 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         // differs from the last one (1.5 MB).
         // They run at the least priority: reading the kernel and planning, until the batch,
         // come first (a removal then ends with a wait of the kernel's, which these fill).
-        let reservations_file = reservations.as_ref().map(|r| {
+        let mut reservations_file = reservations.as_ref().map(|changed| {
             scope.spawn(move || {
                 parallel::yield_to_others();
-                state.prepare_reservations(r)
+                state.prepare_reservations(&changed.reservations)
             })
         });
         let written = record.resolved_digest.clone();
@@ -274,7 +274,6 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         timed("print plan", || {
             print_plan(args.output.output, &plan, &net, resolved)
         });
-        let mut reservations_file = reservations_file;
         if plan.is_empty() {
             reconcile::remember_host_table(&cache, &observed);
             timed("firewalls", || {
@@ -290,8 +289,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         // A new hold on a port is on disk before the kernel uses the port. Reservations that
         // only give ports back may follow the batch (holding a port a little longer harms
         // nothing), so a removal does not wait for their fsync.
-        let releases_only = (reservations.as_ref()).is_some_and(|r| r.within(&saved_reservations));
-        if releases_only {
+        if reservations.as_ref().is_some_and(|c| c.releases_only) {
             log::debug!("the reservations only give ports back: renamed after the batch");
         } else {
             timed("save state", || commit_prepared(reservations_file.take()))?;

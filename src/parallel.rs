@@ -8,25 +8,10 @@ use crate::netns::{self, Netns};
 /// Instances worked on at the same time.
 pub const AT_ONCE: usize = 8;
 
-/// `f` of every item, [`AT_ONCE`] items at a time on scoped threads; the results in the items'
-/// order. A panic in `f` is passed on.
+/// `f` of every item, on [`AT_ONCE`] scoped threads that take the items in turn; the results
+/// in the items' order. A panic in `f` is passed on.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let f = &f;
-    let mut out = Vec::with_capacity(items.len());
-    for group in items.chunks(AT_ONCE) {
-        std::thread::scope(|scope| {
-            let running: Vec<_> = group
-                .iter()
-                .map(|item| scope.spawn(move || f(item)))
-                .collect();
-            out.extend(
-                running
-                    .into_iter()
-                    .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-            );
-        });
-    }
-    out
+    map_own(items, AT_ONCE, |item, _| f(item))
 }
 
 /// Lowers the calling thread's scheduling priority to the least (nice 19): for work that can
@@ -46,6 +31,8 @@ pub fn yield_to_others() {
 /// back to its own namespace between them: a thread that may enter another network namespace
 /// without the namespace leaking into other work. Not `Send`, so it stays on its thread.
 pub struct OwnThread {
+    /// The thread's own namespace, opened when it first leaves it.
+    home: std::cell::OnceCell<Netns>,
     moved: std::cell::Cell<bool>,
     _here: std::marker::PhantomData<*const ()>,
 }
@@ -53,8 +40,19 @@ pub struct OwnThread {
 impl OwnThread {
     /// Moves the calling thread into `ns` for the rest of its item's work.
     pub fn enter(&self, ns: &Netns) -> Result<(), netns::Error> {
+        if self.home.get().is_none() {
+            let _ = self.home.set(Netns::current()?);
+        }
         self.moved.set(true);
         netns::enter_own_thread(ns, self)
+    }
+
+    /// Back in the thread's own namespace, if an item left it.
+    fn go_home(&self) {
+        if self.moved.replace(false) {
+            let home = self.home.get().expect("opened before leaving");
+            netns::enter_own_thread(home, self).expect("going back to the thread's namespace");
+        }
     }
 }
 
@@ -70,20 +68,17 @@ pub fn map_own<T: Sync, R: Send>(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || {
         let own = OwnThread {
+            home: std::cell::OnceCell::new(),
             moved: std::cell::Cell::new(false),
             _here: std::marker::PhantomData,
         };
-        let home = Netns::current();
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(item) = items.get(i) else {
                 return done;
             };
-            if own.moved.replace(false) {
-                let home = home.as_ref().expect("the thread's own namespace");
-                netns::enter_own_thread(home, &own).expect("going back to the thread's namespace");
-            }
+            own.go_home();
             done.push((i, f(item, &own)));
         }
     };

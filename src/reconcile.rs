@@ -113,22 +113,47 @@ pub fn observe_ahead(
     cache: &TableCache,
 ) -> Ahead {
     let host_sysctls = keys(&plan::host_sysctls(&net.bridge));
+    let (host_seen, instances) =
+        observe_side_by_side(host, net, rt, probes, &host_sysctls, Some(cache), None);
+    Ahead {
+        host: host_seen,
+        host_sysctls,
+        instances: instances.map(|mut seen| {
+            (probes.iter())
+                .filter_map(|p| Some((p.id.clone(), (p.clone(), seen.remove(&p.id)?))))
+                .collect()
+        }),
+    }
+}
+
+/// The host (unless `known` already holds what was read of it) and the instances of `probes`,
+/// side by side: the host's dump (10,000 elements: about 12 ms, mostly the kernel's) overlaps
+/// the instances' reads. The scoped thread starts in the calling thread's namespace, the host.
+fn observe_side_by_side(
+    host: &Netns,
+    net: &Network,
+    rt: &Runtime,
+    probes: &[Probe],
+    host_sysctls: &[String],
+    cache: Option<&TableCache>,
+    known: Option<Observed>,
+) -> (
+    Result<Observed, Error>,
+    Result<BTreeMap<String, ObservedInstance>, Error>,
+) {
     std::thread::scope(|scope| {
         let instances = scope.spawn(|| observe_instances(host, net, rt, probes));
-        let mut observed = Observed::default();
-        let host_seen = observe_host(host, net, &host_sysctls, Some(cache), &mut observed);
+        let host_seen = match known {
+            Some(known) => Ok(known),
+            None => {
+                let mut observed = Observed::default();
+                observe_host(host, net, host_sysctls, cache, &mut observed).map(|()| observed)
+            }
+        };
         let instances = instances
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        Ahead {
-            host: host_seen.map(|()| observed),
-            host_sysctls,
-            instances: instances.map(|mut seen| {
-                (probes.iter())
-                    .filter_map(|p| Some((p.id.clone(), (p.clone(), seen.remove(&p.id)?))))
-                    .collect()
-            }),
-        }
+        (host_seen, instances)
     })
 }
 
@@ -194,24 +219,10 @@ pub fn observe(
             None => true,
         });
     }
-    // The host's dump (10,000 elements: about 12 ms, mostly the kernel's) overlaps the
-    // instances' reads. The scoped thread starts in the calling thread's namespace, the host.
-    let mut observed = Observed::default();
-    let instances = std::thread::scope(|scope| {
-        let instances = scope.spawn(|| observe_instances(host, net, rt, &wanted));
-        let host_seen = match host_known {
-            Some(seen) => {
-                observed = seen;
-                Ok(())
-            }
-            None => observe_host(host, net, &host_sysctls, cache, &mut observed),
-        };
-        let instances = instances
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        host_seen.and(instances)
-    })?;
-    known.extend(instances);
+    let (host_seen, instances) =
+        observe_side_by_side(host, net, rt, &wanted, &host_sysctls, cache, host_known);
+    let mut observed = host_seen?;
+    known.extend(instances?);
     observed.instances = known;
     if let Some(unowned) = observed
         .host_table

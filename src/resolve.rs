@@ -100,10 +100,7 @@ pub struct Context<'a> {
 
 /// Resolves `d`; returns the instances, and the reservations as they must be saved when
 /// resolving changed them (`None`: the saved ones still hold).
-pub fn resolve(
-    d: &Deployment,
-    cx: &Context,
-) -> Result<(Resolved, Option<Reservations>), ResolveError> {
+pub fn resolve(d: &Deployment, cx: &Context) -> Result<(Resolved, Option<Changed>), ResolveError> {
     let ids = instance_ids(d);
     let addresses = assign_addresses(d, cx)?;
     let previous = previous_ports(d, cx.reservations, &ids);
@@ -339,6 +336,15 @@ fn assign_host_ports(
     Ok(out)
 }
 
+/// Reservations a resolve changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub reservations: Reservations,
+    /// Nothing is held that was not held before: the change only gives ports or addresses
+    /// back (so it may be saved after the kernel stopped using them).
+    pub releases_only: bool,
+}
+
 /// The reservations with `d`'s replaced by `addresses` and `host_ports`; `None` when that
 /// changes nothing (an unchanged re-apply). `previous` is what `d`'s ports held before (see
 /// [`previous_ports`]): only the ports that changed are written into the copy, so one more
@@ -349,26 +355,29 @@ fn updated_reservations(
     ids: &HashMap<InstanceNumber, String>,
     addresses: &BTreeMap<String, Ipv4Addr>,
     (host_ports, previous): (&HashMap<PortKey, u16>, &HashMap<PortKey, u16>),
-) -> Option<Reservations> {
+) -> Option<Changed> {
     // Every port `d` held, also those of instances no longer in the file.
     let held = (saved.ports.values())
         .filter(|h| *h.deployment == *d.name)
         .count();
     let ports_same = held == host_ports.len() && previous == host_ports;
-    let addresses_same = (saved.addresses.values())
-        .filter(|h| h.deployment == d.name)
-        .count()
-        == addresses.len()
-        && addresses.iter().all(|(id, address)| {
-            saved
-                .addresses
-                .get(id)
-                .is_some_and(|h| h.deployment == d.name && h.address == *address)
-        });
+    // Every address wanted is one `d` holds already.
+    let addresses_held = addresses.iter().all(|(id, address)| {
+        saved
+            .addresses
+            .get(id)
+            .is_some_and(|h| h.deployment == d.name && h.address == *address)
+    });
+    let addresses_same = addresses_held
+        && (saved.addresses.values())
+            .filter(|h| h.deployment == d.name)
+            .count()
+            == addresses.len();
     if ports_same && addresses_same {
         return None;
     }
     let mut updated = saved.clone();
+    let mut holds_more = !addresses_held;
     if !ports_same {
         let at = |key: &PortKey, port: u16| HostPort { proto: key.1, port };
         let wanted: HashSet<HostPort> = (host_ports.iter())
@@ -381,6 +390,7 @@ fn updated_reservations(
             .collect();
         for (key, port) in host_ports {
             if previous.get(key) != Some(port) {
+                holds_more = true;
                 let holder = PortHolder {
                     deployment: Arc::clone(&deployment),
                     instance: Arc::clone(&instances[&key.0]),
@@ -400,7 +410,10 @@ fn updated_reservations(
             updated.addresses.insert(id.clone(), holder);
         }
     }
-    Some(updated)
+    Some(Changed {
+        reservations: updated,
+        releases_only: !holds_more,
+    })
 }
 
 /// Link targets as geard gave them: every linked port of every target instance gets one virtual
@@ -603,8 +616,15 @@ mod tests {
             listening: &listening,
             pool: pool(),
         };
-        let (resolved, updated) = resolve(d, &cx)?;
-        Ok((resolved, updated.unwrap_or_else(|| r.clone())))
+        let (resolved, changed) = resolve(d, &cx)?;
+        // Whether the change only gives back is what a comparison of the two says.
+        if let Some(c) = &changed {
+            assert_eq!(c.releases_only, c.reservations.within(r), "{d:?}");
+        }
+        Ok((
+            resolved,
+            changed.map_or_else(|| r.clone(), |c| c.reservations),
+        ))
     }
 
     /// The reservations as `resolved` leaves them, made the long way: every one of the
@@ -698,7 +718,7 @@ mod tests {
                 listening: &listening,
                 pool: pool(),
             };
-            resolve(d, &cx).unwrap().1
+            resolve(d, &cx).unwrap().1.map(|c| c.reservations)
         };
         let first = resolve_on(&seed(), &Reservations::default()).expect("new reservations");
         assert_eq!(resolve_on(&seed(), &first), None, "nothing changed");

@@ -187,6 +187,7 @@ impl Reservations {
     }
 
     /// Whether every reservation here is one `other` holds too: `self` only gives back.
+    #[cfg(test)]
     pub fn within(&self, other: &Reservations) -> bool {
         self.ports.len() <= other.ports.len()
             && self.addresses.len() <= other.addresses.len()

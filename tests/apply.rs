@@ -66,6 +66,12 @@ fn state_files(dir: &std::path::Path) -> Vec<(PathBuf, u64, std::time::SystemTim
     out
 }
 
+/// Runs `nft ARGS` in namespace `ns`, as a person changing gearnat's table by hand would.
+fn nft_by_hand(ns: &str, args: &[&str]) {
+    let out = common::exec(ns, &[&["nft"], args].concat());
+    assert!(out.status.success(), "nft {args:?}: {out:?}");
+}
+
 fn unreachable(ns: &str, to: &str) {
     let r = tcp_request(ns, addr(to), Duration::from_secs(1));
     assert!(r.is_err(), "{ns} still reaches {to}: {r:?}");
@@ -212,10 +218,9 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status[0]["in_sync"], true);
     // Drift is seen: a host element deleted by hand.
-    let deleted = common::exec(
+    nft_by_hand(
         host.host_ns(),
         &[
-            "nft",
             "delete",
             "element",
             "ip",
@@ -224,7 +229,6 @@ fn an_unchanged_reapply_writes_nothing_and_diff_says_in_sync() {
             "{ 6060 }",
         ],
     );
-    assert!(deleted.status.success());
     let text = String::from_utf8(host.run(&["status"]).stdout).unwrap();
     assert!(
         text.contains("drifted") && text.contains("(missing)"),
@@ -651,11 +655,8 @@ fn the_cached_host_table_gives_way_to_any_change_in_the_kernel() {
     assert!(text.contains(" 6060 10.211.0.2:80 "), "{text}");
     assert!(host.apply_ok(&file).contains("in sync"));
 
-    let nft = |args: &[&str]| {
-        let out = common::exec(host.host_ns(), &[&["nft"], args].concat());
-        assert!(out.status.success(), "nft {args:?}: {out:?}");
-    };
     let stale = format!("{{ 7070 comment \"gearnat:seed/{tag}rockmongo-1\" : 10.211.0.2 . 81 }}");
+    let nft = |args: &[&str]| nft_by_hand(host.host_ns(), args);
     nft(&["add", "element", "ip", "gearnat", "tcp_ports", &stale]);
     nft(&[
         "delete",

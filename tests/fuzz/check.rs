@@ -59,7 +59,7 @@ pub fn check(data: &[u8]) {
     let saved = serde_json::to_string(&geard::output_file(&d, &resolved)).unwrap();
     let again = deployment::parse(&saved, "saved.json", "fuzz")
         .unwrap_or_else(|e| panic!("the saved form does not parse: {e}\n{saved}"));
-    let reservations = reservations.unwrap_or_default();
+    let reservations = reservations.map(|c| c.reservations).unwrap_or_default();
     let cx = Context {
         reservations: &reservations,
         ..cx
