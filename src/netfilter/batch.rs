@@ -75,8 +75,8 @@ fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<Option<u3
     timed("send batch (kernel commit)", || batch.send(&socket))?;
     let answers = timed("read answers", || batch.collect_answers(&socket))?;
     let checked = batch.check(&answers);
-    // Asked on this socket: a new one would wait for the batch's freed objects, as `close`
-    // does (below).
+    // Asked on this socket: a new one would wait for the batch's freed objects, as its
+    // release does (see `release`).
     let (now, socket) = match (&checked, generation) {
         (Ok(()), Some(_)) => {
             let (now, socket) = super::dump::generation_on(socket, batch.next_seq());
@@ -84,23 +84,8 @@ fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<Option<u3
         }
         _ => (None, socket),
     };
-    close_in_background(socket);
+    socket.release();
     checked.map(|()| now)
-}
-
-/// Closes `socket` on a thread of its own. Closing a netfilter socket soon after a batch that
-/// removed something waits until nf_tables has freed it: the socket's release flushes
-/// nf_tables' destroy work, which waits out an RCU grace period (about 10 ms here; `nft` pays
-/// it as it exits). The caller goes on reading back and saving state meanwhile.
-fn close_in_background(socket: Socket) {
-    // The socket is released when its last descriptor closes: that is a copy, closed on the
-    // thread (or here, with the closure, if no thread can be started).
-    if let Ok(copy) = socket.duplicate_fd() {
-        let _ = std::thread::Builder::new()
-            .name("netfilter close".into())
-            .spawn(move || drop(copy));
-    }
-    drop(socket);
 }
 
 /// What one message of the batch does, to name it when the kernel rejects it.

@@ -99,13 +99,21 @@ pub fn delete_flows(stale: &[Element]) -> Result<usize, Error> {
         return Ok(0);
     }
     let socket = Socket::open().map_err(Error::Socket)?;
-    let doomed: Vec<Flow> = dump_flows(&socket)?
+    let deleted = delete_flows_on(&socket, stale);
+    // Flows go after the batch that dropped their mappings: closing this socket would wait for
+    // the kernel to free what that batch removed.
+    socket.release();
+    deleted
+}
+
+fn delete_flows_on(socket: &Socket, stale: &[Element]) -> Result<usize, Error> {
+    let doomed: Vec<Flow> = dump_flows(socket)?
         .into_iter()
         .filter(|f| stale.iter().any(|e| f.leads_to(e)))
         .collect();
     let mut deleted = 0;
     for (seq, flow) in (2..).zip(&doomed) {
-        match request(&socket, &delete_request(flow, seq), seq, |_| Some(())) {
+        match request(socket, &delete_request(flow, seq), seq, |_| Some(())) {
             Ok(()) => {
                 deleted += 1;
                 log::debug!("deleted conntrack entry {flow}");

@@ -18,6 +18,7 @@ mod dump;
 mod monitor;
 mod netlink;
 mod program;
+mod release;
 mod render;
 mod sys;
 mod udata;

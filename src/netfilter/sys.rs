@@ -682,11 +682,30 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// A second descriptor of the socket: the kernel releases the socket when the last of its
-    /// descriptors closes.
-    pub fn duplicate_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+    /// The socket's file status (its inode names it in /proc/net/netlink).
+    #[cfg(test)]
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        // SAFETY: the descriptor is this socket's own, open for as long as `self` is borrowed;
+        // the File made of it is not dropped, so it does not close it.
+        let file = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(self.mnl.as_raw_fd())
+        });
+        file.metadata()
+    }
+
+    /// Closes the socket without waiting for nf_tables to free what its batches removed (see
+    /// [`super::release`]).
+    pub fn release(self) -> super::release::Released {
         // SAFETY: the descriptor is this socket's own, open for as long as `self` is borrowed.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.mnl.as_raw_fd()) }.try_clone_to_owned()
+        let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.mnl.as_raw_fd()) }
+            .try_clone_to_owned();
+        // Closing one of two descriptors does not release the socket; the copy's end does
+        // (or, without a copy, this one's).
+        drop(self);
+        match copy {
+            Ok(copy) => super::release::release(copy),
+            Err(_) => super::release::Released::InPlace,
+        }
     }
 
     /// Opens and binds the socket; error replies carry only the failing message's header

@@ -600,3 +600,56 @@ fn traffic_follows_the_maps() {
         assert_eq!(greeting_via("127.0.0.3:27017"), "hello from 10.211.0.2:80");
     });
 }
+
+/// The inodes of the netfilter sockets of the calling thread's namespace, from
+/// /proc/thread-self/net/netlink (protocol 12 is NETLINK_NETFILTER; the last column is the
+/// inode).
+fn netfilter_socket_inodes() -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/thread-self/net/netlink").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns.get(1) == Some(&"12")).then(|| columns.last()?.parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn released_sockets_go_to_the_kernel_and_are_gone() {
+    use std::os::unix::fs::MetadataExt;
+    in_netns(|| {
+        commit(&create(host_layout(), host_elements())).unwrap();
+        // What follows a batch that removed something: the socket's release waits for the
+        // kernel to free it.
+        let change = TableChange {
+            remove: vec![host_elements()[0].clone()],
+            ..TableChange::default()
+        };
+        commit(&change).unwrap();
+        let socket = sys::Socket::open().unwrap();
+        let inode = socket.metadata().unwrap().ino();
+        assert!(netfilter_socket_inodes().contains(&inode));
+
+        let io_uring = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .map_or(true, |v| v.trim() == "0");
+        let released = socket.release();
+        if io_uring {
+            assert_eq!(released, release::Released::ToKernel);
+        } else {
+            eprintln!("io_uring disabled here: the socket was closed on a thread");
+            assert_eq!(released, release::Released::OnThread);
+        }
+        // The ring's teardown, on a kernel worker, drops the socket: it must not stay behind.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while netfilter_socket_inodes().contains(&inode) {
+            assert!(
+                Instant::now() < deadline,
+                "socket {inode} still open after 5 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(dump().unwrap().unwrap().elements, host_elements()[1..]);
+    });
+}
