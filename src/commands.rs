@@ -235,19 +235,34 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         // read and changed, and renamed into place once it is: the reservations only when
         // resolving changed them (10,000 ports: 140 KB), geard's output file only when it
         // differs from the last one (1.5 MB).
-        // They run at the least priority: reading the kernel and planning, until the batch,
-        // come first (a removal then ends with a wait of the kernel's, which these fill).
+        // They run at the least priority, so that reading the kernel and planning, until the
+        // batch, come first; all but reservations that hold a new port, which the batch waits
+        // for (below).
+        // The disk takes the reservations first: a batch that waits for their fsync would
+        // also wait for geard's output file if both went in one journal commit. The output
+        // file is written once this channel's sender is gone.
+        let (reservations_synced, wait_for_reservations) = std::sync::mpsc::channel::<()>();
+        let mut reservations_synced = Some(reservations_synced);
         let mut reservations_file = reservations.as_ref().map(|changed| {
+            let synced = reservations_synced.take();
             scope.spawn(move || {
-                parallel::yield_to_others();
-                state.prepare_reservations(&changed.reservations)
+                if changed.releases_only {
+                    parallel::yield_to_others();
+                }
+                let file = state.prepare_reservations(&changed.reservations);
+                drop(synced);
+                file
             })
         });
+        drop(reservations_synced);
         let written = record.resolved_digest.clone();
         let (d, resolved) = (&d, &resolved);
         let output_file = scope.spawn(move || {
             parallel::yield_to_others();
-            prepare_output(state, d, resolved, written.as_deref())
+            prepare_output(state, d, resolved, written.as_deref(), || {
+                // Err once the sender is gone: the only message there is.
+                let _ = wait_for_reservations.recv();
+            })
         });
         // What a successful apply ends by printing: one line per mapping (10,000: 380 KB).
         let text = args.output.output == Output::Text;
@@ -475,18 +490,21 @@ pub(crate) fn record_for(desired: &Desired, record: &DeploymentRecord) -> Deploy
 
 /// geard's output file for `resolved`, written beside its place when it differs from the one
 /// the record's digest (`written`) says was written last: its digest, and the file to commit.
+/// It is rendered, then written once `disk_free` returns.
 fn prepare_output(
     state: &StateDir,
     d: &Deployment,
     resolved: &Resolved,
     written: Option<&str>,
+    disk_free: impl FnOnce(),
 ) -> Result<(String, Option<Prepared>), Error> {
     let digest = resolved_digest(d, resolved);
     if written == Some(digest.as_str()) && state.resolved_path(&d.name).exists() {
         return Ok((digest, None));
     }
-    let file = state.prepare_resolved(&d.name, &geard::output_file(d, resolved))?;
-    Ok((digest, Some(file)))
+    let rendered = state.render_resolved(&d.name, &geard::output_file(d, resolved))?;
+    disk_free();
+    Ok((digest, Some(rendered.prepare()?)))
 }
 
 /// Puts geard's output file in place, when it changed, and saves the record as `desired`

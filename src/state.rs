@@ -380,15 +380,16 @@ impl StateDir {
         write_synced(&path, &render(&path, r, Layout::Compact)?)
     }
 
-    /// geard's output file of deployment `name`, written beside it until [`Prepared::commit`];
-    /// the caller knows it changed.
-    pub fn prepare_resolved(
+    /// geard's output file of deployment `name`, to be written beside it by
+    /// [`Rendered::prepare`]; the caller knows it changed.
+    pub fn render_resolved(
         &self,
         name: &str,
         value: &impl Serialize,
-    ) -> Result<Prepared, StateError> {
+    ) -> Result<Rendered, StateError> {
         let path = self.resolved_path(name);
-        write_synced(&path, &render(&path, value, Layout::Pretty)?)
+        let text = render(&path, value, Layout::Pretty)?;
+        Ok(Rendered { path, text })
     }
 
     /// Forgets a deployment: its record and its resolved file.
@@ -420,6 +421,21 @@ impl StateDir {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+/// A state file's text, not yet on disk: rendering costs CPU, writing and syncing it costs the
+/// disk, and an apply lets the disk take the reservations first.
+#[derive(Debug)]
+pub struct Rendered {
+    path: PathBuf,
+    text: Vec<u8>,
+}
+
+impl Rendered {
+    /// Writes and syncs the file beside its place.
+    pub fn prepare(self) -> Result<Prepared, StateError> {
+        write_synced(&self.path, &self.text)
     }
 }
 
@@ -615,16 +631,15 @@ mod tests {
         let state = StateDir::lock(dir.path(), |_| {}).unwrap();
         let path = state.resolved_path("web");
         fs::write(&path, "old\n").unwrap();
-        let dropped = state.prepare_resolved("web", &"new").unwrap();
+        let rendered = state.render_resolved("web", &"new").unwrap();
+        assert!(!path.with_extension("tmp").exists());
+        let dropped = rendered.prepare().unwrap();
         assert!(path.with_extension("tmp").exists());
         drop(dropped);
         assert_eq!(fs::read_to_string(&path).unwrap(), "old\n");
         assert!(!path.with_extension("tmp").exists());
-        state
-            .prepare_resolved("web", &"new")
-            .unwrap()
-            .commit()
-            .unwrap();
+        let rendered = state.render_resolved("web", &"new").unwrap();
+        rendered.prepare().unwrap().commit().unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "\"new\"\n");
         assert!(!path.with_extension("tmp").exists());
     }
