@@ -502,9 +502,14 @@ fn prepare_output(
     if written == Some(digest.as_str()) && state.resolved_path(&d.name).exists() {
         return Ok((digest, None));
     }
-    let rendered = state.render_resolved(&d.name, &geard::output_file(d, resolved))?;
+    let rendered = timed("render output file", || {
+        state.render_resolved(&d.name, &geard::output_file(d, resolved))
+    })?;
     disk_free();
-    Ok((digest, Some(rendered.prepare()?)))
+    Ok((
+        digest,
+        Some(timed("write output file", || rendered.prepare())?),
+    ))
 }
 
 /// Puts geard's output file in place, when it changed, and saves the record as `desired`
