@@ -583,16 +583,32 @@ where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(Error::Runtime)?;
-    runtime.block_on(async {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
-        let driver = tokio::spawn(connection);
-        let result = f(handle).await;
-        driver.abort();
-        result
+    thread_local! {
+        /// One runtime per thread, made on its first request: observing reads each instance
+        /// on a thread that takes one after another, and making a runtime for each costs
+        /// more than the requests.
+        static RUNTIME: std::cell::OnceCell<tokio::runtime::Runtime> =
+            const { std::cell::OnceCell::new() };
+    }
+    RUNTIME.with(|runtime| {
+        let runtime = match runtime.get() {
+            Some(runtime) => runtime,
+            None => {
+                let made = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(Error::Runtime)?;
+                runtime.get_or_init(|| made)
+            }
+        };
+        runtime.block_on(async {
+            // The socket is made here, in the calling thread's namespace now.
+            let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+            let driver = tokio::spawn(connection);
+            let result = f(handle).await;
+            driver.abort();
+            result
+        })
     })
 }
 
