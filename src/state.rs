@@ -377,7 +377,9 @@ impl StateDir {
     /// The reservations, written beside their file until [`Prepared::commit`].
     pub fn prepare_reservations(&self, r: &Reservations) -> Result<Prepared, StateError> {
         let path = self.reservations_path();
-        write_synced(&path, &render(&path, r, Layout::Compact)?)
+        let text =
+            crate::timing::timed("render reservations", || render(&path, r, Layout::Compact))?;
+        crate::timing::timed("write reservations", || write_synced(&path, &text))
     }
 
     /// geard's output file of deployment `name`, to be written beside it by
