@@ -62,7 +62,18 @@ pub struct Step {
     pub batches: Vec<(usize, usize)>,
 }
 
-pub const STEPS: [&str; 5] = ["cold apply", "re-apply", "add one", "remove one", "down"];
+pub const STEPS: [&str; 6] = [
+    "cold apply",
+    "re-apply",
+    "restore",
+    "add one",
+    "remove one",
+    "down",
+];
+
+/// What `restore` starts from: gearnat's table deleted by hand (as `nft flush ruleset` or a
+/// firewall reload would), the instances still up. Run untimed before the step.
+const DELETE_TABLE: &str = "delete table ip gearnat\n";
 
 /// Runs `reps` rounds at `n` and returns each step's samples.
 pub fn measure(gearnat: &Path, n: usize, reps: usize, tag: &str) -> BTreeMap<&'static str, Step> {
@@ -100,14 +111,20 @@ fn gearnat_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'s
         out
     };
     let name = Path::new("--name=bench");
-    let plan: [(&str, &[&Path]); 5] = [
+    let plan: [(&str, &[&Path]); 6] = [
         ("cold apply", &[Path::new("apply"), name, &base]),
         ("re-apply", &[Path::new("apply"), name, &base]),
+        ("restore", &[Path::new("apply"), name, &base]),
         ("add one", &[Path::new("apply"), name, &grown]),
         ("remove one", &[Path::new("apply"), name, &base]),
         ("down", &[Path::new("down"), name]),
     ];
+    let script = dir.join("delete-table.nft");
+    fs::write(&script, DELETE_TABLE).expect("writing an nft script");
     for (step, args) in plan {
+        if step == "restore" {
+            nft_file(&host, &script);
+        }
         let out = run(args);
         let entry = steps.entry(step).or_default();
         entry.wall_ms.push(out.ms());
@@ -155,7 +172,9 @@ fn nft_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'stati
     let (id, internal, _) = last_mapping(&id_prefix, n);
     let added = 20000 + n;
     let scripts = [
-        ("cold apply", text),
+        ("cold apply", text.clone()),
+        // The same load into the same namespace once its table is gone.
+        ("restore", text),
         (
             "add one",
             format!(
@@ -169,20 +188,31 @@ fn nft_round(gearnat: &Path, n: usize, round: &str, steps: &mut BTreeMap<&'stati
             "remove one",
             format!("delete element ip gearnat tcp_ports {{ {added} }}\n"),
         ),
-        ("down", "delete table ip gearnat\n".to_string()),
+        ("down", DELETE_TABLE.to_string()),
     ];
     topo::add_ns(&ns);
+    let delete_table = dir.join("delete-table.nft");
+    fs::write(&delete_table, DELETE_TABLE).expect("writing an nft script");
     for (step, script) in scripts {
+        if step == "restore" {
+            nft_file(&ns, &delete_table);
+        }
         let path = dir.join(format!("{}.nft", step.replace(' ', "-")));
         fs::write(&path, script).expect("writing an nft script");
-        let mut cmd = Command::new("nft");
-        cmd.arg("-f").arg(&path);
-        let out = topo::run_in(&ns, cmd, None);
-        assert!(out.success, "nft -f {}: {}", path.display(), out.stderr);
+        let out = nft_file(&ns, &path);
         steps.entry(step).or_default().nft_ms.push(out.ms());
     }
     gearnat::netns::delete_named(&ns).expect("deleting the nft namespace");
     settle();
+}
+
+/// `nft -f path` in the named namespace; fails the bench if nft does.
+fn nft_file(ns: &str, path: &Path) -> Finished {
+    let mut cmd = Command::new("nft");
+    cmd.arg("-f").arg(path);
+    let out = topo::run_in(ns, cmd, None);
+    assert!(out.success, "nft -f {}: {}", path.display(), out.stderr);
+    out
 }
 
 /// The `# namespace host` block of `gearnat compile`'s output.
