@@ -11,8 +11,7 @@
 use std::io;
 use std::ops::Range;
 
-use super::dump::NFTA_SET_ELEM_LIST_ELEMENTS;
-use super::netlink::{self, Reply, HEADER_LEN, NFGEN_LEN};
+use super::netlink::{self, Reply};
 use super::program::{self, map_name};
 use super::sys::{self, ElementBytes, MsgBuf, Socket};
 use super::udata;
@@ -209,10 +208,14 @@ impl<'a> Batch<'a> {
             for chunk in chunks(&mine, bytes) {
                 let chunk_bytes: Vec<&ElementBytes> = chunk.iter().map(|i| &bytes[*i]).collect();
                 let seq = self.next_seq();
-                let offset =
-                    sys::put_elements(&mut self.buf, msg, flags, seq, TABLE, map, &chunk_bytes);
-                let ranges = element_ranges(&self.buf.as_bytes()[offset..]);
-                debug_assert_eq!(ranges.len(), chunk.len());
+                let (_, ranges) = sys::put_element_list(
+                    &mut self.buf,
+                    msg,
+                    flags,
+                    seq,
+                    (TABLE, map),
+                    &chunk_bytes,
+                );
                 let located = ranges.into_iter().zip(chunk.iter().map(|i| &elements[*i]));
                 let elements = located.collect();
                 self.steps.push(Step::Elements { add, map, elements });
@@ -401,32 +404,6 @@ fn chunks<'i>(indexes: &'i [usize], bytes: &[ElementBytes]) -> Vec<&'i [usize]> 
         out.push(&indexes[start..]);
     }
     out
-}
-
-/// Where each element's attribute lies in a set-element message (offsets from its start).
-fn element_ranges(message: &[u8]) -> Vec<Range<usize>> {
-    let Some(len) = message
-        .get(..4)
-        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()) as usize)
-    else {
-        return Vec::new();
-    };
-    let body_start = HEADER_LEN + NFGEN_LEN;
-    let Some(body) = message.get(body_start..len) else {
-        return Vec::new();
-    };
-    let Some(attrs) = netlink::attributes(body) else {
-        return Vec::new();
-    };
-    let Some(list) = attrs.iter().find(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS) else {
-        return Vec::new();
-    };
-    let list_start = body_start + list.offset + 4;
-    netlink::attributes(list.value)
-        .unwrap_or_default()
-        .iter()
-        .map(|a| list_start + a.offset..list_start + a.offset + a.len)
-        .collect()
 }
 
 #[cfg(test)]

@@ -223,13 +223,15 @@ impl Connection {
     }
 }
 
-/// NFTA_SET_ELEM_LIST_ELEMENTS: the nest holding a set-element message's elements, one nest
-/// each (<linux/netfilter/nf_tables.h>).
+// A set-element message's attributes (<linux/netfilter/nf_tables.h>): the table and map it is
+// for, and the nest holding its elements, one nest each, with a key, data and user data.
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
-const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_USERDATA: u16 = 6;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
 
 /// One element of a set-element message, borrowed from it; an attribute it lacks is empty.
 #[derive(Debug, Default, PartialEq, Eq)]

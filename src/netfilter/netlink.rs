@@ -111,7 +111,10 @@ impl Message<'_> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attr<'a> {
     pub kind: u16,
+    // Where it lies: the tests locate attributes in the messages gearnat writes with these.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub offset: usize,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub len: usize,
     pub value: &'a [u8],
 }

@@ -14,6 +14,10 @@ use std::ptr;
 use nftnl_sys as sys;
 use nftnl_sys::libc;
 
+use super::dump::{
+    NFTA_DATA_VALUE, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA,
+};
 use super::program::{Chain, Expr, Map, NFPROTO_IPV4, NFT_NAT_DNAT, NFT_REG_VERDICT};
 
 // <linux/netlink.h> values missing from the libc crate for this target.
@@ -439,6 +443,98 @@ pub(crate) fn put_elements(
     buf.finish(bound)
 }
 
+/// Marks an attribute that holds attributes (<linux/netlink.h>).
+const NLA_F_NESTED: u16 = 1 << 15;
+
+/// NEWSETELEM or DELSETELEM for map `set`, written attribute by attribute: the bytes libnftnl's
+/// [`put_elements`] writes (a test holds them equal), without an allocation per element.
+/// Returns the message's offset in `buf` and, for each element, where its attribute lies in
+/// the message (to name the element the kernel rejects).
+pub(crate) fn put_element_list(
+    buf: &mut MsgBuf,
+    msg_type: u16,
+    flags: u16,
+    seq: u32,
+    (table, set): (&str, &str),
+    elements: &[&ElementBytes],
+) -> (usize, Vec<std::ops::Range<usize>>) {
+    let bound = 128 + table.len() + set.len() + elements.iter().map(|e| e.bound()).sum::<usize>();
+    header(buf, bound, msg_type, NFPROTO_IPV4, flags, seq);
+    let mut w = Attrs {
+        bytes: &mut buf.spare_mut()[..bound],
+        len: super::netlink::HEADER_LEN + super::netlink::NFGEN_LEN,
+    };
+    w.put_strz(NFTA_SET_ELEM_LIST_SET, set);
+    w.put_strz(NFTA_SET_ELEM_LIST_TABLE, table);
+    let mut ranges = Vec::with_capacity(elements.len());
+    if !elements.is_empty() {
+        let list = w.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
+        // libnftnl numbers the list's entries from 1; the kernel reads them in order whatever
+        // their type.
+        for (number, element) in (1..).zip(elements) {
+            let entry = w.nest_start(number);
+            let key = w.nest_start(NFTA_SET_ELEM_KEY);
+            w.put(NFTA_DATA_VALUE, &element.key);
+            w.nest_end(key);
+            if !element.data.is_empty() {
+                let data = w.nest_start(NFTA_SET_ELEM_DATA);
+                w.put(NFTA_DATA_VALUE, &element.data);
+                w.nest_end(data);
+            }
+            if !element.userdata.is_empty() {
+                w.put(NFTA_SET_ELEM_USERDATA, &element.userdata);
+            }
+            w.nest_end(entry);
+            ranges.push(entry..w.len);
+        }
+        w.nest_end(list);
+    }
+    let len = u32::try_from(w.len).expect("a message under its bound");
+    w.bytes[..4].copy_from_slice(&len.to_ne_bytes());
+    (buf.finish(bound), ranges)
+}
+
+/// Appends netlink attributes to a message being written in zeroed room (so padding is
+/// already zero); `len` is the message's length so far. Overrunning the room panics.
+struct Attrs<'b> {
+    bytes: &'b mut [u8],
+    len: usize,
+}
+
+impl Attrs<'_> {
+    fn put_header(&mut self, kind: u16, len: usize) {
+        let len = u16::try_from(len).expect("attributes stay under 64 KiB");
+        self.bytes[self.len..self.len + 2].copy_from_slice(&len.to_ne_bytes());
+        self.bytes[self.len + 2..self.len + 4].copy_from_slice(&kind.to_ne_bytes());
+    }
+
+    fn put(&mut self, kind: u16, value: &[u8]) {
+        self.put_header(kind, 4 + value.len());
+        self.bytes[self.len + 4..self.len + 4 + value.len()].copy_from_slice(value);
+        self.len += (4 + value.len()).next_multiple_of(4);
+    }
+
+    /// A string with its terminating NUL, as libmnl's `mnl_attr_put_strz`.
+    fn put_strz(&mut self, kind: u16, value: &str) {
+        self.put_header(kind, 4 + value.len() + 1);
+        self.bytes[self.len + 4..self.len + 4 + value.len()].copy_from_slice(value.as_bytes());
+        self.len += (4 + value.len() + 1).next_multiple_of(4);
+    }
+
+    /// Starts a nested attribute; returns where it starts, for [`Attrs::nest_end`].
+    fn nest_start(&mut self, kind: u16) -> usize {
+        let start = self.len;
+        self.put_header(kind | NLA_F_NESTED, 4);
+        self.len += 4;
+        start
+    }
+
+    fn nest_end(&mut self, start: usize) {
+        let len = u16::try_from(self.len - start).expect("nests stay under 64 KiB");
+        self.bytes[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
 /// A GETSET dump request for the maps of `table`.
 pub(crate) fn put_get_sets(buf: &mut MsgBuf, flags: u16, seq: u32, table: &str) -> usize {
     let bound = 128 + table.len();
@@ -809,6 +905,77 @@ impl Socket {
             let error = io::Error::last_os_error();
             if error.kind() != io::ErrorKind::Interrupted {
                 return Err(error);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::netlink;
+
+    fn element(key: &[u8], data: &[u8], userdata: &[u8]) -> ElementBytes {
+        ElementBytes {
+            key: key.to_vec(),
+            data: data.to_vec(),
+            userdata: userdata.to_vec(),
+        }
+    }
+
+    /// The direct writer's messages are libnftnl's, byte for byte, and it locates each element.
+    #[test]
+    fn element_lists_are_written_as_libnftnl_writes_them() {
+        let comment = crate::netfilter::udata::comment("gearnat:seed/web-1").unwrap();
+        let odd = crate::netfilter::udata::comment("gearnat:s/a-1").unwrap();
+        let mut elements: Vec<ElementBytes> = (0..350u16)
+            .map(|i| {
+                let port = (20000 + i).to_be_bytes();
+                let userdata = if i % 3 == 0 { &odd } else { &comment };
+                element(&port, &[10, 211, 0, 2, 0, 80, 0, 0], userdata)
+            })
+            .collect();
+        elements.push(element(&[0x17, 0xad], &[], &[]));
+        for (msg, flags) in [
+            (libc::NFT_MSG_NEWSETELEM as u16, 0x0605),
+            (libc::NFT_MSG_DELSETELEM as u16, 0x0005),
+        ] {
+            for count in [0, 1, 2, elements.len()] {
+                let refs: Vec<&ElementBytes> = elements[..count].iter().collect();
+                let mut by_libnftnl = MsgBuf::with_capacity(64 * 1024);
+                put_elements(
+                    &mut by_libnftnl,
+                    msg,
+                    flags,
+                    9,
+                    "gearnat",
+                    "tcp_ports",
+                    &refs,
+                );
+                let mut direct = MsgBuf::with_capacity(64 * 1024);
+                put_batch_begin(&mut direct, 1, None);
+                let (offset, ranges) =
+                    put_element_list(&mut direct, msg, flags, 9, ("gearnat", "tcp_ports"), &refs);
+                let message = &direct.as_bytes()[offset..];
+                assert_eq!(message, by_libnftnl.as_bytes(), "{count} elements");
+
+                let body = netlink::HEADER_LEN + netlink::NFGEN_LEN;
+                let list = netlink::attributes(&message[body..])
+                    .unwrap()
+                    .into_iter()
+                    .find(|a| a.kind == NFTA_SET_ELEM_LIST_ELEMENTS);
+                let found: Vec<std::ops::Range<usize>> = match list {
+                    Some(list) => netlink::attributes(list.value)
+                        .unwrap()
+                        .iter()
+                        .map(|a| {
+                            let at = body + list.offset + 4 + a.offset;
+                            at..at + a.len
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                assert_eq!(ranges, found, "{count} elements");
             }
         }
     }
