@@ -50,6 +50,7 @@ pub mod netns;
 mod parallel;
 pub mod plan;
 pub mod reconcile;
+mod release;
 pub mod report;
 pub mod resolve;
 pub mod ruleset;

@@ -456,7 +456,7 @@ impl Prepared {
     /// Renames the file into place, durably (see [`write_json`]).
     pub fn commit(mut self) -> Result<(), StateError> {
         self.done = true;
-        fs::rename(&self.tmp, &self.path)
+        crate::release::replace(&self.tmp, &self.path)
             .and_then(|()| sync_dir(&self.path))
             .map_err(|source| StateError::Write {
                 path: self.path.clone(),

@@ -128,7 +128,7 @@ impl TableCache {
             .mode(0o600)
             .open(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()))
-            .and_then(|()| fs::rename(&tmp, &self.path));
+            .and_then(|()| crate::release::replace(&tmp, &self.path));
         match written {
             Ok(()) => *self.last() = Some(key.clone()),
             Err(e) => log::debug!("writing {}: {e}", self.path.display()),

@@ -75,7 +75,7 @@ fn send_batch(change: &TableChange, generation: Option<u32>) -> Result<Option<u3
     let answers = timed("read answers", || batch.collect_answers(&socket))?;
     let checked = batch.check(&answers);
     // Asked on this socket: a new one would wait for the batch's freed objects, as its
-    // release does (see `release`).
+    // release does (see `crate::release`).
     let (now, socket) = match (&checked, generation) {
         (Ok(()), Some(_)) => {
             let (now, socket) = super::dump::generation_on(socket, batch.next_seq());

@@ -18,7 +18,6 @@ mod dump;
 mod monitor;
 mod netlink;
 mod program;
-mod release;
 mod render;
 mod sys;
 mod udata;

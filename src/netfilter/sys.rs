@@ -790,8 +790,8 @@ impl Socket {
     }
 
     /// Closes the socket without waiting for nf_tables to free what its batches removed (see
-    /// [`super::release`]).
-    pub fn release(self) -> super::release::Released {
+    /// [`crate::release`]).
+    pub fn release(self) -> crate::release::Released {
         // SAFETY: the descriptor is this socket's own, open for as long as `self` is borrowed.
         let copy = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.mnl.as_raw_fd()) }
             .try_clone_to_owned();
@@ -799,8 +799,8 @@ impl Socket {
         // (or, without a copy, this one's).
         drop(self);
         match copy {
-            Ok(copy) => super::release::release(copy),
-            Err(_) => super::release::Released::InPlace,
+            Ok(copy) => crate::release::release(copy),
+            Err(_) => crate::release::Released::InPlace,
         }
     }
 

@@ -636,10 +636,10 @@ fn released_sockets_go_to_the_kernel_and_are_gone() {
             .map_or(true, |v| v.trim() == "0");
         let released = socket.release();
         if io_uring {
-            assert_eq!(released, release::Released::ToKernel);
+            assert_eq!(released, crate::release::Released::ToKernel);
         } else {
             eprintln!("io_uring disabled here: the socket was closed on a thread");
-            assert_eq!(released, release::Released::OnThread);
+            assert_eq!(released, crate::release::Released::OnThread);
         }
         // The ring's teardown, on a kernel worker, drops the socket: it must not stay behind.
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
