@@ -430,21 +430,13 @@ mod tests {
     use super::*;
     use crate::netfilter::sys::ElementBytes;
 
-    fn element(key: &[u8], data: &[u8], userdata: &[u8]) -> ElementBytes {
-        ElementBytes {
-            key: key.to_vec(),
-            data: data.to_vec(),
-            userdata: userdata.to_vec(),
-        }
-    }
-
     /// A NEWSETELEM message as libnftnl builds it, read back without libnftnl.
     #[test]
     fn elements_are_read_from_a_message() {
         let comment = udata::comment("gearnat:seed/web-1").unwrap();
         let elements = [
-            element(&[0x17, 0xac], &[10, 211, 0, 2, 0, 80], &comment),
-            element(&[0x17, 0xad], &[10, 211, 0, 3, 0, 81], &[]),
+            ElementBytes::of(&[0x17, 0xac], &[10, 211, 0, 2, 0, 80], &comment),
+            ElementBytes::of(&[0x17, 0xad], &[10, 211, 0, 3, 0, 81], &[]),
         ];
         let mut buf = MsgBuf::with_capacity(1024);
         let refs: Vec<&ElementBytes> = elements.iter().collect();

@@ -394,6 +394,16 @@ pub(crate) struct ElementBytes {
 }
 
 impl ElementBytes {
+    /// An element of these bytes, for tests.
+    #[cfg(test)]
+    pub fn of(key: &[u8], data: &[u8], userdata: &[u8]) -> ElementBytes {
+        ElementBytes {
+            key: key.to_vec(),
+            data: data.to_vec(),
+            userdata: userdata.to_vec(),
+        }
+    }
+
     /// Upper bound of the element's size in a message: the list entry, key and data nests with
     /// their NFTA_DATA_VALUE (each at most 16 bytes of value) and the userdata attribute.
     pub fn bound(&self) -> usize {
@@ -915,13 +925,7 @@ mod tests {
     use super::*;
     use crate::netfilter::netlink;
 
-    fn element(key: &[u8], data: &[u8], userdata: &[u8]) -> ElementBytes {
-        ElementBytes {
-            key: key.to_vec(),
-            data: data.to_vec(),
-            userdata: userdata.to_vec(),
-        }
-    }
+    use ElementBytes as E;
 
     /// The direct writer's messages are libnftnl's, byte for byte, and it locates each element.
     #[test]
@@ -932,10 +936,10 @@ mod tests {
             .map(|i| {
                 let port = (20000 + i).to_be_bytes();
                 let userdata = if i % 3 == 0 { &odd } else { &comment };
-                element(&port, &[10, 211, 0, 2, 0, 80, 0, 0], userdata)
+                E::of(&port, &[10, 211, 0, 2, 0, 80, 0, 0], userdata)
             })
             .collect();
-        elements.push(element(&[0x17, 0xad], &[], &[]));
+        elements.push(E::of(&[0x17, 0xad], &[], &[]));
         for (msg, flags) in [
             (libc::NFT_MSG_NEWSETELEM as u16, 0x0605),
             (libc::NFT_MSG_DELSETELEM as u16, 0x0005),
