@@ -69,6 +69,21 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether this process may make an io_uring, as far as `kernel.io_uring_disabled` says: 0 for
+/// all, 1 for privileged processes (tests run as root or not at all), 2 for none.
+#[cfg(test)]
+pub fn io_uring_allowed() -> bool {
+    match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        Ok(v) => match v.trim() {
+            "0" => true,
+            "1" => nix::unistd::geteuid().is_root(),
+            _ => false,
+        },
+        // Kernels without the setting allow it.
+        Err(_) => true,
+    }
+}
+
 /// Registers `fd` with a new io_uring and closes both: the ring then holds the file's last
 /// reference until its teardown drops it. On failure `fd` comes back, still open.
 fn to_kernel(fd: OwnedFd) -> Result<(), (OwnedFd, io::Error)> {
@@ -118,11 +133,6 @@ fn new_ring() -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn io_uring_allowed() -> bool {
-        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-            .map_or(true, |v| v.trim() == "0")
-    }
 
     /// Whether this process still has a descriptor of a deleted file named `name`.
     fn holds_deleted(name: &str) -> bool {

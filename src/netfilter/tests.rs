@@ -632,10 +632,8 @@ fn released_sockets_go_to_the_kernel_and_are_gone() {
         let inode = socket.metadata().unwrap().ino();
         assert!(netfilter_socket_inodes().contains(&inode));
 
-        let io_uring = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-            .map_or(true, |v| v.trim() == "0");
         let released = socket.release();
-        if io_uring {
+        if crate::release::io_uring_allowed() {
             assert_eq!(released, crate::release::Released::ToKernel);
         } else {
             eprintln!("io_uring disabled here: the socket was closed on a thread");
