@@ -361,7 +361,7 @@ impl<'a> Reader<'a> {
 
     fn object(&mut self) -> Parsed<Value<'a>> {
         self.bump(); // {
-        let mut members: Vec<Member<'a>> = Vec::new();
+        let mut members: Vec<Member<'a>> = Vec::with_capacity(2);
         // Folded key -> position of its first occurrence, kept once the object is larger than
         // a deployment's objects ever are (a hostile one can have hundreds of thousands of keys);
         // below that, comparing with the members read so far costs less than a map.

@@ -163,8 +163,12 @@ struct Builder {
 
 /// An object's members, looked up by the position of their key in the list of known keys.
 struct Fields<'n> {
-    found: Vec<Option<&'n Node<'n>>>,
+    /// By the index of the key in the list matched against; the rest stay empty.
+    found: [Option<&'n Node<'n>>; MAX_KEYS],
 }
+
+/// The most keys an object of the format has (a container's).
+const MAX_KEYS: usize = 8;
 
 impl<'n> Fields<'n> {
     fn get(&self, i: usize) -> Option<&'n Node<'n>> {
@@ -194,7 +198,9 @@ impl Builder {
             self.wrong_type(node, "an object", what);
             return None;
         };
-        let mut found = vec![None; keys.len()];
+        // On the stack: a file has an object per port, tens of thousands of them.
+        assert!(keys.len() <= MAX_KEYS, "{what} has more keys than MAX_KEYS");
+        let mut found = [None; MAX_KEYS];
         for m in members {
             match keys.iter().position(|k| keys_match(k, &m.key)) {
                 // Go's decoder treats null like an absent key.
