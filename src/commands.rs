@@ -284,7 +284,7 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         })?;
 
         // Read before any batch: a netfilter socket closed after a batch that removed
-        // something waits for the kernel to free it (see `netfilter::commit`).
+        // something waits for the kernel to free it (see `crate::release`).
         let chains = timed("other tables", netfilter::forward_chains);
         timed("print plan", || {
             print_plan(args.output.output, &plan, &net, resolved)
