@@ -234,13 +234,12 @@ pub fn apply(state_dir: &Path, args: &DeployArgs) -> Result<Status, Error> {
         // The files this apply may write are written beside their places while the kernel is
         // read and changed, and renamed into place once it is: the reservations only when
         // resolving changed them (10,000 ports: 140 KB), geard's output file only when it
-        // differs from the last one (1.5 MB).
+        // differs from the last one (0.96 MB).
         // They run at the least priority, so that reading the kernel and planning, until the
         // batch, come first; all but reservations that hold a new port, which the batch waits
-        // for (below).
-        // The disk takes the reservations first: a batch that waits for their fsync would
-        // also wait for geard's output file if both went in one journal commit. The output
-        // file is written once this channel's sender is gone.
+        // for (below). The disk takes the reservations first, too: their fsync would otherwise
+        // wait behind the output file's megabyte. The output file is written once this
+        // channel's sender is gone.
         let (reservations_synced, wait_for_reservations) = std::sync::mpsc::channel::<()>();
         let mut reservations_synced = Some(reservations_synced);
         let mut reservations_file = reservations.as_ref().map(|changed| {
