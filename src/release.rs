@@ -48,13 +48,17 @@ pub fn release(fd: OwnedFd) -> Released {
         Ok(()) => Released::ToKernel,
         Err((fd, error)) => {
             log::debug!("closing a file on a thread (io_uring: {error})");
-            // Closed here, with the closure, if no thread can be started.
-            let _ = std::thread::Builder::new()
-                .name("close".into())
-                .spawn(move || drop(fd));
-            Released::OnThread
+            close_on_thread(fd)
         }
     }
+}
+
+/// Closes `fd` on a thread of its own (here, with the closure, if no thread can be started).
+fn close_on_thread(fd: OwnedFd) -> Released {
+    let _ = std::thread::Builder::new()
+        .name("close".into())
+        .spawn(move || drop(fd));
+    Released::OnThread
 }
 
 /// Renames `from` to `to`, atomically replacing the file there, and lets the file replaced go
@@ -143,6 +147,27 @@ mod tests {
         })
     }
 
+    /// Waits up to 5 s for this process to let go of the deleted file `name`.
+    fn let_go_of(name: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while holds_deleted(name) {
+            assert!(std::time::Instant::now() < deadline, "{name} is still open");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_fallback_closes_on_a_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fallback.json");
+        std::fs::write(&path, "x").unwrap();
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(holds_deleted("fallback.json"));
+        assert_eq!(close_on_thread(file.into()), Released::OnThread);
+        let_go_of("fallback.json");
+    }
+
     #[test]
     fn a_replaced_file_is_swapped_atomically_and_not_kept_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -154,14 +179,7 @@ mod tests {
         assert!(!new.exists());
         // The old file was held across the rename and let go: to the kernel at once, or on a
         // thread soon after; never kept.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while holds_deleted("state.json") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the replaced file is still open"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let_go_of("state.json");
 
         // Nothing to replace: a plain rename.
         std::fs::write(&new, "newer\n").unwrap();
