@@ -10,6 +10,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::rc::Rc;
 
 use super::netlink::{self, Reply};
 use super::program::{self, map_name};
@@ -347,7 +348,7 @@ impl<'a> Batch<'a> {
 fn element_bytes(elements: &[Element]) -> Result<Vec<ElementBytes>, Error> {
     // An instance's elements come one after another and share its comment: it is built once
     // per run of them.
-    let mut last: Option<(&crate::ruleset::Owner, Vec<u8>)> = None;
+    let mut last: Option<(&crate::ruleset::Owner, Rc<[u8]>)> = None;
     elements
         .iter()
         .map(|element| {
@@ -361,6 +362,7 @@ fn element_bytes(elements: &[Element]) -> Result<Vec<ElementBytes>, Error> {
                         comment: comment.clone(),
                         max: udata::COMMENT_MAX_LEN,
                     })?;
+                    let userdata: Rc<[u8]> = userdata.into();
                     last = Some((owner, userdata.clone()));
                     userdata
                 }
@@ -378,12 +380,13 @@ fn element_bytes(elements: &[Element]) -> Result<Vec<ElementBytes>, Error> {
 /// Only the keys: the kernel finds an element to delete by its key (as `nft delete element`).
 fn element_keys(elements: &[Element]) -> Vec<ElementBytes> {
     let key = |element| program::element_key_data(element).0;
+    let none: Rc<[u8]> = Rc::new([]);
     elements
         .iter()
         .map(|element| ElementBytes {
             key: key(element),
-            data: Vec::new(),
-            userdata: Vec::new(),
+            data: Default::default(),
+            userdata: none.clone(),
         })
         .collect()
 }

@@ -154,22 +154,52 @@ const ANY_NET: Ipv4Net = Ipv4Net {
     prefix: 0,
 };
 
+/// The key or the data of an element of one of gearnat's maps, as the kernel stores it: 2 bytes
+/// (a port) or 8 (an address and a port), kept inline, since a batch holds tens of thousands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ElementValueBytes {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl ElementValueBytes {
+    /// `bytes`, which must be at most 8 long.
+    pub fn new(bytes: &[u8]) -> ElementValueBytes {
+        let mut value = ElementValueBytes {
+            len: u8::try_from(bytes.len()).expect("at most 8 bytes"),
+            bytes: [0; 8],
+        };
+        value.bytes[..bytes.len()].copy_from_slice(bytes);
+        value
+    }
+}
+
+impl std::ops::Deref for ElementValueBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// Key and data of a map element, as the kernel stores them (network byte order; a port in a
 /// concatenation takes a whole 32-bit register word).
-pub(crate) fn element_key_data(element: &Element) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn element_key_data(element: &Element) -> (ElementValueBytes, ElementValueBytes) {
     match element {
         Element::Port {
             host_port, target, ..
-        } => (host_port.to_be_bytes().to_vec(), addr_port_bytes(target)),
+        } => (
+            ElementValueBytes::new(&host_port.to_be_bytes()),
+            addr_port_bytes(target),
+        ),
         Element::Link { dial, via, .. } => (addr_port_bytes(dial), addr_port_bytes(via)),
     }
 }
 
-fn addr_port_bytes(addr: &SocketAddrV4) -> Vec<u8> {
-    let mut bytes = addr.ip().octets().to_vec();
-    bytes.extend_from_slice(&addr.port().to_be_bytes());
-    bytes.extend_from_slice(&[0, 0]);
-    bytes
+fn addr_port_bytes(addr: &SocketAddrV4) -> ElementValueBytes {
+    let [a, b, c, d] = addr.ip().octets();
+    let [hi, lo] = addr.port().to_be_bytes();
+    ElementValueBytes::new(&[a, b, c, d, hi, lo, 0, 0])
 }
 
 /// The inverse of [`element_key_data`] for one of gearnat's maps; `None` when the map is not
@@ -615,8 +645,8 @@ mod tests {
         };
         let (key, data) = element_key_data(&element);
         // As nft's debug output shows them: `element 0000ac17 : 0200d30a 00005000`.
-        assert_eq!(key, [0x17, 0xac]);
-        assert_eq!(data, [10, 211, 0, 2, 0, 80, 0, 0]);
+        assert_eq!(*key, [0x17, 0xac]);
+        assert_eq!(*data, [10, 211, 0, 2, 0, 80, 0, 0]);
         let value = parse_element("tcp_ports", &key, &data).unwrap();
         let target = "10.211.0.2:80".parse().unwrap();
         assert_eq!(
@@ -641,7 +671,7 @@ mod tests {
         };
         assert_eq!(map_name(&element), "udp_links");
         let (key, data) = element_key_data(&element);
-        assert_eq!(key, [127, 0, 0, 1, 0x69, 0x89, 0, 0]);
+        assert_eq!(*key, [127, 0, 0, 1, 0x69, 0x89, 0, 0]);
         let value = parse_element("udp_links", &key, &data).unwrap();
         assert_eq!(
             value,

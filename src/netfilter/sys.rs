@@ -10,6 +10,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr;
+use std::rc::Rc;
 
 use nftnl_sys as sys;
 use nftnl_sys::libc;
@@ -18,7 +19,9 @@ use super::dump::{
     NFTA_DATA_VALUE, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
     NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA,
 };
-use super::program::{Chain, Expr, Map, NFPROTO_IPV4, NFT_NAT_DNAT, NFT_REG_VERDICT};
+use super::program::{
+    Chain, ElementValueBytes, Expr, Map, NFPROTO_IPV4, NFT_NAT_DNAT, NFT_REG_VERDICT,
+};
 
 // <linux/netlink.h> values missing from the libc crate for this target.
 const NETLINK_CAP_ACK: libc::c_int = 10;
@@ -386,11 +389,12 @@ unsafe fn build_expr(expr: &Expr) -> *mut sys::nftnl_expr {
     }
 }
 
-/// One element's bytes, ready for a NEWSETELEM or DELSETELEM message.
+/// One element's bytes, ready for a NEWSETELEM or DELSETELEM message: key and data (empty for
+/// none) inline, and the user data (the owner's comment) shared by the owner's elements.
 pub(crate) struct ElementBytes {
-    pub key: Vec<u8>,
-    pub data: Vec<u8>,
-    pub userdata: Vec<u8>,
+    pub key: ElementValueBytes,
+    pub data: ElementValueBytes,
+    pub userdata: Rc<[u8]>,
 }
 
 impl ElementBytes {
@@ -398,9 +402,9 @@ impl ElementBytes {
     #[cfg(test)]
     pub fn of(key: &[u8], data: &[u8], userdata: &[u8]) -> ElementBytes {
         ElementBytes {
-            key: key.to_vec(),
-            data: data.to_vec(),
-            userdata: userdata.to_vec(),
+            key: ElementValueBytes::new(key),
+            data: ElementValueBytes::new(data),
+            userdata: userdata.into(),
         }
     }
 
