@@ -165,8 +165,13 @@ pub(crate) struct ElementValueBytes {
 impl ElementValueBytes {
     /// `bytes`, which must be at most 8 long.
     pub fn new(bytes: &[u8]) -> ElementValueBytes {
+        assert!(
+            bytes.len() <= 8,
+            "an element value of {} bytes",
+            bytes.len()
+        );
         let mut value = ElementValueBytes {
-            len: u8::try_from(bytes.len()).expect("at most 8 bytes"),
+            len: bytes.len() as u8,
             bytes: [0; 8],
         };
         value.bytes[..bytes.len()].copy_from_slice(bytes);
